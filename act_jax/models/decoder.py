@@ -1,0 +1,218 @@
+"""A Flax NNX decoder-only transformer matching HF Llama 3, Qwen2/2.5 and Qwen3.
+
+Layer parameters are stacked along a leading `layers` axis, so the same weights run
+either under `jax.lax.scan` (compile time flat in depth: the default for training) or
+as an unrolled loop (no per-step cache copies: what the sampler's decode loop uses).
+Every parameter carries logical axis names in its `logical_axes` metadata; the mesh
+rules in `act_jax.sharding` turn them into shardings, so parallelism never touches
+this file.
+
+Numerics follow HF: RMSNorm and softmax in float32, RoPE in the rotate-half layout
+(HF checkpoints load without permuting q/k), matmuls in `config.dtype`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from act_jax.models.config import ModelConfig
+
+Cache = dict[str, jax.Array]  # {"k", "v"}: [layers, batch, slots, kv_heads, head_dim]
+
+_NEG_INF = -1e30
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, init: str = "normal") -> nnx.Param:
+  if init == "normal":
+    value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = jnp.zeros(shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), logical_axes=axes)
+
+
+class Layers(nnx.Module):
+  """All decoder layers' weights, stacked on a leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    L, D, H, K, Hd, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads,
+                         cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size)
+    p = lambda shape, axes, init="normal": _param(
+        rngs, (L,) + shape, ("layers",) + axes, cfg.jnp_param_dtype, init)
+    self.attn_norm = p((D,), ("norm",), "ones")
+    self.wq = p((D, H, Hd), ("embed", "heads", "head_dim"))
+    self.wk = p((D, K, Hd), ("embed", "kv_heads", "head_dim"))
+    self.wv = p((D, K, Hd), ("embed", "kv_heads", "head_dim"))
+    self.wo = p((H, Hd, D), ("heads", "head_dim", "embed"))
+    if cfg.qkv_bias:
+      self.bq = p((H, Hd), ("heads", "head_dim"), "zeros")
+      self.bk = p((K, Hd), ("kv_heads", "head_dim"), "zeros")
+      self.bv = p((K, Hd), ("kv_heads", "head_dim"), "zeros")
+    if cfg.qk_norm:
+      self.q_norm = p((Hd,), ("norm",), "ones")
+      self.k_norm = p((Hd,), ("norm",), "ones")
+    self.mlp_norm = p((D,), ("norm",), "ones")
+    self.w_gate = p((D, F), ("embed", "mlp"))
+    self.w_up = p((D, F), ("embed", "mlp"))
+    self.w_down = p((F, D), ("mlp", "embed"))
+
+
+class Decoder(nnx.Module):
+  """Token ids -> next-token logits, with an optional preallocated KV cache."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, V = cfg.hidden_size, cfg.vocab_size
+    self.embed = _param(rngs, (V, D), ("vocab", "embed"), cfg.jnp_param_dtype)
+    self.layers = Layers(cfg, rngs)
+    self.final_norm = _param(rngs, (D,), ("norm",), cfg.jnp_param_dtype, "ones")
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), cfg.jnp_param_dtype)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array,
+               cache: Cache | None = None, cache_index: jax.Array | int = 0,
+               ) -> tuple[jax.Array, Cache | None]:
+    """Runs the decoder.
+
+    Args:
+      tokens: [B, T] int ids.
+      positions: [B, T] RoPE positions (left padding: cumsum(mask) - 1).
+      kv_mask: [B, S] bool, which key slots hold real tokens; S = T without a cache,
+        S = cache slots with one. Causality is by slot index.
+      cache: None, or {"k", "v"} of shape [L, B, S, K, Hd] to write at `cache_index`.
+      cache_index: slot where tokens[:, 0] is written (same for the whole batch).
+    Returns:
+      float32 logits [B, T, V] and the updated cache (None without one).
+    """
+    cfg = self.cfg
+    dt = cfg.jnp_dtype
+    x = self.embed[...].astype(dt)[tokens]
+    cos, sin = rope_tables(positions, cfg)
+    T = tokens.shape[1]
+    q_slots = cache_index + jnp.arange(T)
+    k_slots = jnp.arange(kv_mask.shape[1])
+    mask = (k_slots[None, :] <= q_slots[:, None])[None] & kv_mask[:, None, :]  # [B,T,S]
+    layer_params = nnx.to_pure_dict(nnx.state(self.layers))
+
+    def layer(x, p, ck, cv):
+      return _layer(cfg, x, p, cos, sin, mask, ck, cv, cache_index)
+
+    if cfg.remat:
+      layer = jax.checkpoint(layer)
+
+    if cache is None:
+      if cfg.scan_layers:
+        x, _ = jax.lax.scan(lambda h, p: (layer(h, p, None, None)[0], None), x, layer_params)
+      else:
+        for i in range(cfg.num_layers):
+          x = layer(x, jax.tree.map(lambda a: a[i], layer_params), None, None)[0]
+      new_cache = None
+    elif cfg.scan_layers:
+      def body(h, xs):
+        p, ck, cv = xs
+        h, ck, cv = layer(h, p, ck, cv)
+        return h, (ck, cv)
+      x, (ks, vs) = jax.lax.scan(body, x, (layer_params, cache["k"], cache["v"]))
+      new_cache = {"k": ks, "v": vs}
+    else:
+      ks, vs = cache["k"], cache["v"]
+      for i in range(cfg.num_layers):
+        x, ck, cv = layer(x, jax.tree.map(lambda a: a[i], layer_params), ks[i], vs[i])
+        ks, vs = ks.at[i].set(ck), vs.at[i].set(cv)
+      new_cache = {"k": ks, "v": vs}
+
+    x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(dt))
+    return logits.astype(jnp.float32), new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> Cache:
+  shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, cfg.jnp_dtype), "v": jnp.zeros(shape, cfg.jnp_dtype)}
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+  dt = x.dtype
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (w.astype(jnp.float32) * x32).astype(dt)
+
+
+def inv_frequencies(cfg: ModelConfig) -> jax.Array:
+  """RoPE inverse frequencies, with HF's llama3 long-context rescaling when configured."""
+  hd = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+  if cfg.rope_scaling is None:
+    return inv
+  s = dict(cfg.rope_scaling)
+  factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+  old = s["original_max_position_embeddings"]
+  lo_wavelen, hi_wavelen = old / lo, old / hi
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > lo_wavelen, inv / factor, inv)
+  smooth = (old / wavelen - lo) / (hi - lo)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= hi_wavelen) & (wavelen <= lo_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope_tables(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  angles = positions.astype(jnp.float32)[..., None] * inv_frequencies(cfg)  # [B,T,Hd/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B,T,1,Hd]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask, cache_k, cache_v,
+           cache_index):
+  dt = cfg.jnp_dtype
+  w = lambda name: p[name].astype(dt)
+  h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", h, w("wq"))
+  k = jnp.einsum("btd,dhk->bthk", h, w("wk"))
+  v = jnp.einsum("btd,dhk->bthk", h, w("wv"))
+  if cfg.qkv_bias:
+    q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
+  if cfg.qk_norm:
+    q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+  q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+  if cache_k is not None:
+    k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, 1)
+    v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, 1)
+  attn = attention(q, k, v, mask)
+  x = x + jnp.einsum("bthk,hkd->btd", attn, w("wo"))
+  h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+  gate = jnp.einsum("btd,df->btf", h, w("w_gate"))
+  up = jnp.einsum("btd,df->btf", h, w("w_up"))
+  x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w("w_down"))
+  return x, (k if cache_k is not None else None), (v if cache_v is not None else None)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention; q [B,T,H,Hd], k/v [B,S,K,Hd], mask [B,T,S] bool."""
+  B, T, H, Hd = q.shape
+  K = k.shape[2]
+  qg = q.reshape(B, T, K, H // K, Hd)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) / math.sqrt(Hd)
+  scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(B, T, H, Hd)
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """RoPE positions for a (left-)padded batch: real tokens count from 0."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)

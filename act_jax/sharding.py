@@ -1,0 +1,138 @@
+"""Mesh construction and logical-axis sharding.
+
+Parameters name their dimensions logically (`embed`, `heads`, ...); a rules table from
+the config maps those names onto mesh axes (`data`, `fsdp`, `tensor`). Changing the
+parallelism is therefore a config change. Every train step uses `jit_step`: a pure
+`(state, batch) -> (state, metrics)` compiled once with explicit shardings and the
+state donated.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # mesh axes the batch dimension is split over
+
+# Logical name -> mesh axis (or tuple of axes, or None = replicated).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+)
+
+log = logging.getLogger(__name__)
+
+
+def mesh_shape(axes: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
+  """Resolves a {data, fsdp, tensor} -> size mapping; one size of -1 fills the rest."""
+  unknown = sorted(set(axes) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"config.mesh: unknown axis {unknown}; axes are {MESH_AXES}")
+  sizes = [int(axes.get(a, 1)) for a in MESH_AXES]
+  fills = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+  if len(fills) > 1:
+    raise ValueError(f"config.mesh: only one axis may be -1, got {fills}")
+  for a, s in zip(MESH_AXES, sizes):
+    if s == 0 or s < -1:
+      raise ValueError(f"config.mesh.{a}: size must be positive or -1, got {s}")
+  known = math.prod(s for s in sizes if s != -1)
+  if fills:
+    if n_devices % known:
+      raise ValueError(f"config.mesh: {n_devices} devices are not divisible by the fixed "
+                       f"axes' product {known} ({dict(zip(MESH_AXES, sizes))})")
+    sizes[MESH_AXES.index(fills[0])] = n_devices // known
+  if math.prod(sizes) != n_devices:
+    raise ValueError(f"config.mesh: axes {dict(zip(MESH_AXES, sizes))} multiply to "
+                     f"{math.prod(sizes)} but there are {n_devices} devices")
+  return tuple(sizes)
+
+
+def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with GSPMD (Auto) axes over all (or the given) devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(axes, len(devices))
+  if devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * 3)
+
+
+def check_model_fits(model_cfg, mesh: Mesh) -> None:
+  """Fails early, naming the field, when heads cannot be split over the tensor axis."""
+  t = mesh.shape["tensor"]
+  for field in ("num_heads", "num_kv_heads"):
+    n = getattr(model_cfg, field)
+    if n % t:
+      raise ValueError(f"config.model.{field}={n} is not divisible by the mesh's "
+                       f"tensor axis ({t}); choose config.mesh.tensor dividing it")
+
+
+def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+             rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> P:
+  """Logical names -> PartitionSpec; a mesh axis is used once, uneven splits replicate."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(logical, shape):
+    target = table.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if axes and dim % size:
+      log.warning("dimension %s of size %d is not divisible by mesh axes %s (%d): "
+                  "replicated instead", name, dim, axes, size)
+      axes = ()
+    used.update(axes)
+    out.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*out)
+
+
+def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
+                   rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+  """NamedShardings for a pytree given a matching pytree of logical-axes tuples."""
+  is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
+  return jax.tree.map(
+      lambda ax, s: NamedSharding(mesh, spec_for(ax, s.shape, mesh, rules)),
+      axes_tree, shapes_tree, is_leaf=is_axes)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dimension over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host arrays -> global arrays split over the batch axes.
+
+  Each process passes only its own rows; `make_array_from_process_local_data`
+  assembles the global array, so the same code serves one host and a pod.
+  """
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+  return out
+
+
+def jit_step(step: Callable, state_shardings: Any, batch_shardings: Any,
+             metrics_sharding: Any = None, donate: bool = True) -> Callable:
+  """Compiles `step(state, batch) -> (state, metrics)` with explicit shardings."""
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, metrics_sharding),
+                 donate_argnums=(0,) if donate else ())
