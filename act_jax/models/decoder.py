@@ -77,7 +77,24 @@ class Decoder(nnx.Module):
   def __call__(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array,
                cache: Cache | None = None, cache_index: jax.Array | int = 0,
                ) -> tuple[jax.Array, Cache | None]:
-    """Runs the decoder.
+    """Runs the decoder: `logits(hidden(...))`, see `hidden` for the arguments."""
+    h, new_cache = self.hidden(tokens, positions, kv_mask, cache, cache_index)
+    return self.logits(h), new_cache
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final hidden states [..., D] -> float32 logits [..., V].
+
+    Separate so callers that need few positions (the sampler's prefill, scoring a
+    continuation) skip the vocabulary projection everywhere else.
+    """
+    cfg = self.cfg
+    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+    return jnp.einsum("...d,dv->...v", h, head.astype(cfg.jnp_dtype)).astype(jnp.float32)
+
+  def hidden(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array,
+             cache: Cache | None = None, cache_index: jax.Array | int = 0,
+             ) -> tuple[jax.Array, Cache | None]:
+    """Runs the layers and the final norm.
 
     Args:
       tokens: [B, T] int ids.
@@ -87,7 +104,7 @@ class Decoder(nnx.Module):
       cache: None, or {"k", "v"} of shape [L, B, S, K, Hd] to write at `cache_index`.
       cache_index: slot where tokens[:, 0] is written (same for the whole batch).
     Returns:
-      float32 logits [B, T, V] and the updated cache (None without one).
+      final-normed hidden states [B, T, D] and the updated cache (None without one).
     """
     cfg = self.cfg
     dt = cfg.jnp_dtype
@@ -126,10 +143,7 @@ class Decoder(nnx.Module):
         ks, vs = ks.at[i].set(ck), vs.at[i].set(cv)
       new_cache = {"k": ks, "v": vs}
 
-    x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
-    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-    logits = jnp.einsum("btd,dv->btv", x, head.astype(dt))
-    return logits.astype(jnp.float32), new_cache
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), new_cache
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int) -> Cache:

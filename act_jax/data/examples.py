@@ -1,0 +1,85 @@
+"""Records for the two datasets: critic pairs (ACT stage 2) and imitation (stage 3).
+
+Critic: the state and two candidate actions in a seeded order with the expert
+first in exactly half of the pairs (±1), so a constant answer earns 50%; the
+label is the expert's letter. Imitation: prompt = the action prompt, target =
+`Action: <expert action>` + EOS, loss on the target tokens only.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from act_jax.data import prompts
+from act_jax.data.alternatives import stable_seed
+from act_jax.data.states import State
+
+_CHUNK = 256  # prompts tokenized per call: bounded memory, batched Rust calls.
+
+
+def expert_positions(n: int, seed: int) -> np.ndarray:
+  """0/1 per pair (0: expert is the first letter), balanced to within one."""
+  rng = np.random.default_rng(stable_seed(seed, "expert_positions"))
+  pos = np.arange(n) % 2 if rng.random() < 0.5 else 1 - np.arange(n) % 2
+  return rng.permutation(pos)
+
+
+def eos_id(tokenizer: Any, cfg: prompts.PromptConfig) -> int:
+  token = cfg.eos_token or tokenizer.eos_token
+  token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+  if token_id is None:
+    raise ValueError("the tokenizer has no eos_token; set PromptConfig.eos_token")
+  return int(token_id)
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:
+  ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  return [np.asarray(x, dtype=np.int32) for x in ids]
+
+
+def critic_records(states: Sequence[State], alternatives: Sequence[Sequence[str]],
+                   tokenizer: Any, cfg: prompts.PromptConfig, seed: int,
+                   alternative_source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Yields (key, record), one per (state, alternative) pair."""
+  pairs = [(s, alt, j) for s, alts in zip(states, alternatives)
+           for j, alt in enumerate(alts)]
+  positions = expert_positions(len(pairs), seed)
+  for c in range(0, len(pairs), _CHUNK):
+    chunk = pairs[c:c + _CHUNK]
+    texts, recs = [], []
+    for (s, alt, j), pos in zip(chunk, positions[c:c + _CHUNK]):
+      a, b = (s.expert_action, alt) if pos == 0 else (alt, s.expert_action)
+      texts.append(prompts.critic_prompt(tokenizer, s.text, a, b, cfg))
+      recs.append((f"{s.state_id}|{j}", {
+          "state_id": s.state_id, "source": s.source,
+          "alternative_source": alternative_source,
+          "label": cfg.letters[int(pos)], "expert_action": s.expert_action,
+          "alternative_action": alt, "action_a": a, "action_b": b}))
+    for (key, rec), text, ids in zip(recs, texts, _encode(tokenizer, texts)):
+      rec.update(prompt=text, prompt_ids=ids)
+      yield key, rec
+
+
+def imitation_records(states: Sequence[State], tokenizer: Any,
+                      cfg: prompts.PromptConfig
+                      ) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Yields (key, record), one per state; also the stage-3 RL prompts."""
+  eos = eos_id(tokenizer, cfg)
+  for c in range(0, len(states), _CHUNK):
+    chunk = states[c:c + _CHUNK]
+    texts = [prompts.action_prompt(tokenizer, s.text, cfg) for s in chunk]
+    targets = [prompts.action_target(s.expert_action, cfg) for s in chunk]
+    for s, text, target, p_ids, t_ids in zip(
+        chunk, texts, targets, _encode(tokenizer, texts),
+        _encode(tokenizer, targets)):
+      t_ids = np.append(t_ids, np.int32(eos))
+      yield s.state_id, {
+          "state_id": s.state_id, "source": s.source, "prompt": text,
+          "target": target, "expert_action": s.expert_action,
+          "admissible": list(s.admissible or ()),
+          "prompt_ids": p_ids, "target_ids": t_ids,
+          "input_ids": np.concatenate([p_ids, t_ids]),
+          "loss_mask": np.concatenate([np.zeros_like(p_ids),
+                                       np.ones_like(t_ids)]),
+      }

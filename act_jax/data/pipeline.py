@@ -1,0 +1,213 @@
+"""grain input pipeline: seeded global shuffle, per-process shards, bucketed padding.
+
+Batches are planned globally. The shuffled stream (reshuffled every epoch) is cut
+into global batches of `batch_size * shard_count` records; process p takes the
+p-th contiguous block, which is the layout `jax.make_array_from_process_local_data`
+expects. Each global batch is padded to the smallest bucket that fits its longest
+record, computed from a table of lengths that every process holds, so all
+processes pick the same shape without talking to each other, and training
+compiles one program per bucket.
+
+The iterator is a grain `DatasetIterator`: `get_state()` is a small JSON-able dict
+the training checkpoint stores; `set_state()` resumes at the next batch.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any, Literal, Sequence
+
+import grain
+import numpy as np
+
+Mode = Literal["supervised", "generation"]
+# The token field each mode pads.
+_TOKEN_FIELD = {"supervised": "input_ids", "generation": "prompt_ids"}
+
+
+def power_of_two_buckets(max_len: int, min_len: int = 32) -> tuple[int, ...]:
+  """min_len, 2*min_len, ... below max_len, then max_len itself."""
+  buckets, b = [], min_len
+  while b < max_len:
+    buckets.append(b)
+    b *= 2
+  return tuple(buckets) + (max_len,)
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+  for b in buckets:
+    if length <= b:
+      return b
+  raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def record_lengths(source: Any, field: str, chunk: int = 1024) -> np.ndarray:
+  """Token counts of one field for every record (one pass over the source)."""
+  n = len(source)
+  out = np.empty(n, dtype=np.int64)
+  batched = hasattr(source, "__getitems__")
+  for c in range(0, n, chunk):
+    idx = list(range(c, min(n, c + chunk)))
+    recs = source.__getitems__(idx) if batched else [source[i] for i in idx]
+    out[c:c + len(idx)] = [len(r[field]) for r in recs]
+  return out
+
+
+def _text(v: Any) -> Any:
+  if isinstance(v, bytes):
+    return v.decode("utf-8")
+  if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.dtype == object):
+    return [_text(x) for x in v]
+  return v
+
+
+def _pad(seqs: Sequence[np.ndarray], length: int, value: int,
+         left: bool) -> np.ndarray:
+  out = np.full((len(seqs), length), value, dtype=np.int32)
+  for i, s in enumerate(seqs):
+    if len(s):
+      if left:
+        out[i, length - len(s):] = s
+      else:
+        out[i, :len(s)] = s
+  return out
+
+
+def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
+            mode: Mode, meta: bool = False) -> dict[str, Any]:
+  """Pads each record's token field to `length`.
+
+  supervised: `input_ids` right-padded as `tokens`, with `mask` (real tokens)
+  and `loss_mask` (target tokens), the keys `act_jax.losses` reads.
+  generation: `prompt_ids` left-padded as `tokens` + `mask`, so generated tokens
+  follow every prompt at the same position.
+  meta: also `meta`, the records' other non-array fields (labels, actions, ids) as
+  lists of str, for rewards; a stage strips it before the batch goes on device.
+  """
+  field, left = ("input_ids", False) if mode == "supervised" else ("prompt_ids", True)
+  ids = [np.asarray(r[field]) for r in records]
+  batch = {"tokens": _pad(ids, length, pad_id, left),
+           "mask": _pad([np.ones(len(x), np.int32) for x in ids], length, 0,
+                        left).astype(bool)}
+  if mode == "supervised":
+    batch["loss_mask"] = _pad([np.asarray(r["loss_mask"]) for r in records],
+                              length, 0, left).astype(bool)
+  if meta:
+    keys = [k for k, v in records[0].items()
+            if not (isinstance(v, np.ndarray) and v.dtype != object)]
+    batch["meta"] = {k: [_text(r[k]) for r in records] for k in keys}
+  return batch
+
+
+class _ShuffledOrder:
+  """Record index at each position of the endless stream; a new permutation per
+  epoch, derived from (seed, epoch) so any process can compute any position."""
+
+  def __init__(self, n: int, seed: int):
+    self._n, self._seed = n, seed
+    self._cache: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def _epoch(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._cache:
+        if len(self._cache) >= 2:
+          self._cache.pop(min(self._cache))
+        rng = np.random.default_rng([self._seed, epoch])
+        self._cache[epoch] = rng.permutation(self._n)
+      return self._cache[epoch]
+
+  def __getitem__(self, positions: slice) -> np.ndarray:
+    pos = np.arange(positions.start, positions.stop)
+    epochs, offsets = np.divmod(pos, self._n)
+    out = np.empty(len(pos), dtype=np.int64)
+    for e in np.unique(epochs):
+      sel = epochs == e
+      out[sel] = self._epoch(int(e))[offsets[sel]]
+    return out
+
+
+def num_batches(num_records: int, batch_size: int, shard_count: int,
+                num_epochs: int | None) -> int:
+  """Batches each process yields; None epochs = endless."""
+  total = sys.maxsize if num_epochs is None else num_records * num_epochs
+  return total // (batch_size * shard_count)
+
+
+def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
+                 mode: Mode = "supervised", shard_index: int | None = None,
+                 shard_count: int | None = None,
+                 bucket_lengths: Sequence[int] | None = None,
+                 max_len: int | None = None, num_epochs: int | None = None,
+                 lengths: Sequence[int] | None = None, meta: bool | None = None,
+                 num_threads: int = 0, prefetch: int = 8) -> grain.DatasetIterator:
+  """An iterator of fixed-shape numpy batches for this process.
+
+  Args:
+    source: random access records (`builders.load_source`, or a list of dicts).
+    batch_size: records per batch *per process*.
+    seed: shuffle seed; the same on every process.
+    pad_id: token id for padding.
+    mode: "supervised" (imitation loss) or "generation" (critic / RL prompts).
+    shard_index, shard_count: this process's shard; None = jax process index/count.
+    bucket_lengths: allowed padded lengths; default powers of two up to max_len.
+    max_len: largest padded length; default the longest record, rounded up to a
+      power of two. Longer records are an error, not a silent truncation.
+    num_epochs: None = endless. Finite: the last partial global batch is dropped
+      (and logged), so every process yields the same number of batches.
+    lengths: token lengths of the padded field per record (`builders.load_lengths`);
+      None = one pass over the source.
+    meta: add the records' text fields under "meta"; default: in generation mode.
+    num_threads: grain read threads (0 = read in the calling thread).
+  """
+  if shard_index is None or shard_count is None:
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    shard_index, shard_count = shard.shard_index, shard.shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+  if mode not in _TOKEN_FIELD:
+    raise ValueError(f"unknown mode {mode!r}")
+  field = _TOKEN_FIELD[mode]
+  n = len(source)
+  if n == 0:
+    raise ValueError("empty source")
+  lengths = np.asarray(lengths if lengths is not None
+                       else record_lengths(source, field))
+  if len(lengths) != n:
+    raise ValueError(f"{len(lengths)} lengths for {n} records")
+  longest = int(lengths.max())
+  if bucket_lengths is None:
+    max_len = max_len or 1 << max(longest - 1, 1).bit_length()
+    bucket_lengths = power_of_two_buckets(max_len, min(32, max_len))
+  buckets = tuple(sorted(bucket_lengths))
+  if longest > buckets[-1]:
+    i = int(lengths.argmax())
+    raise ValueError(f"record {i} ({_text(source[i].get('state_id', ''))}) has "
+                     f"{longest} tokens > max length {buckets[-1]}")
+
+  meta = mode == "generation" if meta is None else meta
+  global_bs = batch_size * shard_count
+  steps = num_batches(n, batch_size, shard_count, num_epochs)
+  if num_epochs is not None:
+    left = n * num_epochs - steps * global_bs
+    if left:
+      logging.warning("make_batches: dropping the last %d of %d records "
+                      "(a partial global batch)", left, n * num_epochs)
+    if steps == 0:
+      raise ValueError(f"{n * num_epochs} records make no global batch of "
+                       f"{global_bs}")
+  order = _ShuffledOrder(n, seed)
+  read = (source.__getitems__ if hasattr(source, "__getitems__")
+          else lambda idx: [source[i] for i in idx])
+
+  def load(step: int) -> dict[str, Any]:
+    everyone = order[step * global_bs:(step + 1) * global_bs]
+    mine = everyone[shard_index * batch_size:(shard_index + 1) * batch_size]
+    length = bucket_for(int(lengths[everyone].max()), buckets)
+    return collate(read(mine.tolist()), length, pad_id, mode, meta)
+
+  ds = grain.MapDataset.range(steps).map(load)
+  options = grain.ReadOptions(num_threads=num_threads,
+                              prefetch_buffer_size=prefetch if num_threads else 0)
+  return iter(ds.to_iter_dataset(options))

@@ -1,0 +1,316 @@
+"""Rollout evaluation: run a policy on episodes of each split, batched over an EnvPool.
+
+A policy is any callable `policy(batch: Sequence[PolicyInput]) -> list[str]`: one
+action per live episode, called once per tick with every live episode of the pool, so
+a model-backed policy batches its generation (or its scoring of admissible actions).
+Each `PolicyInput` holds the task, the (observation, action) history, the current
+observation and the admissible actions; `to_trajectory()` gives the same state in the
+project's trajectory schema for prompt builders.
+
+Also: next-action accuracy on held-out expert states, Wilson intervals, a markdown table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from act_jax.data.trajectory import Step, Trajectory
+from act_jax.envs.base import EpisodeSpec, TimeStep
+from act_jax.envs.pool import EnvPool
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyInput:
+  """The state of one live episode, as a policy sees it."""
+  task: str
+  history: tuple[tuple[str, str], ...]  # (observation, action) of the steps so far.
+  observation: str
+  admissible: tuple[str, ...]
+  spec: EpisodeSpec | None = None
+
+  @property
+  def step(self) -> int:
+    return len(self.history)
+
+  def to_trajectory(self, instruction: str = "") -> Trajectory:
+    """This state in the trajectory schema: the last step is the current one, action ""."""
+    steps = [Step(observation=o, action=a) for o, a in self.history]
+    steps.append(Step(observation=self.observation, action="", admissible=list(self.admissible)))
+    return Trajectory(task=self.task, steps=steps, instruction=instruction,
+                      meta=self.spec.to_meta() if self.spec else {})
+
+
+Policy = Callable[[Sequence[PolicyInput]], list[str]]
+
+
+def normalize_action(action: str) -> str:
+  """Lower-cased, whitespace-collapsed: how actions are compared."""
+  return " ".join(action.lower().split())
+
+
+class OraclePolicy:
+  """Replays gold paths, looked up by episode key; gold exists from the initial state only."""
+
+  def __init__(self, gold: Mapping[str, Sequence[str]], fallback: str = "look around"):
+    self.gold = {k: list(v) for k, v in gold.items()}
+    self.fallback = fallback
+
+  @classmethod
+  def from_trajectories(cls, trajectories: Iterable[Trajectory]) -> "OraclePolicy":
+    return cls({EpisodeSpec.from_meta(t.meta).key: [s.action for s in t.steps]
+                for t in trajectories})
+
+  def __call__(self, batch: Sequence[PolicyInput]) -> list[str]:
+    out = []
+    for x in batch:
+      if x.spec is None or x.spec.key not in self.gold:
+        raise KeyError(f"no gold path for {x.spec}")
+      gold = self.gold[x.spec.key]
+      out.append(gold[x.step] if x.step < len(gold) else self.fallback)
+    return out
+
+
+class RandomPolicy:
+  """Picks a uniformly random admissible action.
+
+  The RNG is seeded per (seed, episode, step), so the choice does not depend on how
+  episodes are batched: a pool run and a one-env loop take the same actions.
+  """
+
+  def __init__(self, seed: int = 0, fallback: str = "look around"):
+    self.seed = seed
+    self.fallback = fallback
+
+  def __call__(self, batch: Sequence[PolicyInput]) -> list[str]:
+    out = []
+    for x in batch:
+      rng = random.Random(f"{self.seed}|{x.spec.key if x.spec else x.task}|{x.step}")
+      out.append(rng.choice(x.admissible) if x.admissible else self.fallback)
+    return out
+
+
+def collect_gold(pool: EnvPool, specs: Sequence[EpisodeSpec]) -> dict[str, list[str]]:
+  """Gold paths of `specs` (one reset each), for an `OraclePolicy`."""
+  def job(env, spec):
+    env.reset(spec, gold=True)
+    return env.gold_actions()
+  out = {}
+  for i, gold in pool.imap_unordered(job, specs):
+    out[specs[i].key] = gold
+  return out
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+  spec: EpisodeSpec
+  success: bool
+  score: float
+  steps: int
+  invalid_actions: int
+  actions: list[str]
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["spec"] = self.spec.to_meta()
+    return d
+
+
+def run_episodes(policy: Policy, pool: EnvPool, specs: Sequence[EpisodeSpec], max_steps: int,
+                 progress: bool = False) -> list[EpisodeResult]:
+  """Runs one episode per spec, up to max_steps actions each; results in spec order.
+
+  Every free env takes the next pending spec; each tick calls the policy once on all
+  live episodes, then steps their envs together.
+  """
+  n = len(pool)
+  pending = list(enumerate(specs))[::-1]
+  results: list[EpisodeResult | None] = [None] * len(specs)
+  live: list[dict[str, Any] | None] = [None] * n
+  bar = None
+  if progress:
+    import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm.tqdm(total=len(specs), desc="episodes")
+
+  def finish(slot: int) -> None:
+    ep = live[slot]
+    results[ep["index"]] = EpisodeResult(
+        spec=ep["spec"], success=ep["ts"].success, score=ep["ts"].score, steps=len(ep["history"]),
+        invalid_actions=ep["invalid"], actions=[a for _, a in ep["history"]])
+    live[slot] = None
+    if bar is not None:
+      bar.update(1)
+
+  while True:
+    fill: list[EpisodeSpec | None] = [None] * n
+    for slot in range(n):
+      if live[slot] is None and pending:
+        idx, spec = pending.pop()
+        live[slot] = {"index": idx, "spec": spec, "history": [], "invalid": 0}
+        fill[slot] = spec
+    for slot, ts in enumerate(pool.reset(fill)):
+      if ts is not None:
+        live[slot]["ts"] = ts
+        if ts.done or max_steps <= 0:
+          finish(slot)
+    slots = [s for s in range(n) if live[s] is not None]
+    if not slots:
+      if pending:
+        continue  # Every new episode ended at reset; refill.
+      break
+    batch = [PolicyInput(task=live[s]["ts"].task, history=tuple(live[s]["history"]),
+                         observation=live[s]["ts"].observation,
+                         admissible=tuple(live[s]["ts"].admissible), spec=live[s]["spec"])
+             for s in slots]
+    actions = policy(batch)
+    if len(actions) != len(batch):
+      raise ValueError(f"policy returned {len(actions)} actions for {len(batch)} episodes")
+    step_args: list[str | None] = [None] * n
+    for s, a in zip(slots, actions):
+      step_args[s] = a
+    for s, ts in enumerate(pool.step(step_args)):
+      if ts is None:
+        continue
+      ep = live[s]
+      ep["history"].append((ep["ts"].observation, step_args[s]))
+      ep["invalid"] += int(not ts.action_valid)
+      ep["ts"] = ts
+      if ts.done or len(ep["history"]) >= max_steps:
+        finish(s)
+  if bar is not None:
+    bar.close()
+  return results  # type: ignore[return-value]
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+  """Wilson score interval for k successes in n trials (95% by default)."""
+  if n == 0:
+    return (0.0, 1.0)
+  p = k / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  # The bounds are exactly 0 and 1 at k = 0 and k = n; rounding would miss them.
+  lo = 0.0 if k == 0 else max(0.0, centre - half)
+  hi = 1.0 if k == n else min(1.0, centre + half)
+  return (lo, hi)
+
+
+def summarize(results: Sequence[EpisodeResult], keep_episodes: bool = False) -> dict[str, Any]:
+  """Success rate with its 95% Wilson interval, mean steps, invalid-action rate (JSON-able)."""
+  n = len(results)
+  k = sum(r.success for r in results)
+  steps = sum(r.steps for r in results)
+  lo, hi = wilson_interval(k, n)
+  out = {
+      "episodes": n,
+      "successes": k,
+      "success_rate": k / n if n else 0.0,
+      "success_ci95": [lo, hi],
+      "avg_steps": steps / n if n else 0.0,
+      "avg_score": sum(r.score for r in results) / n if n else 0.0,
+      "invalid_action_rate": sum(r.invalid_actions for r in results) / steps if steps else 0.0,
+  }
+  if keep_episodes:
+    out["per_episode"] = [r.to_dict() for r in results]
+  return out
+
+
+def evaluate(policy: Policy, pool: EnvPool, splits: Mapping[str, Sequence[EpisodeSpec]],
+             max_steps: int, keep_episodes: bool = False,
+             progress: bool = False) -> dict[str, dict[str, Any]]:
+  """{split: summary} for a policy over each split's episodes (see `summarize`)."""
+  return {name: summarize(run_episodes(policy, pool, specs, max_steps, progress), keep_episodes)
+          for name, specs in splits.items()}
+
+
+def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput, str]]:
+  """Every state of every expert trajectory, with the expert's action there.
+
+  Admissible lists are augmented with the expert action (ScienceWorld's may lack it).
+  """
+  out = []
+  for t in trajectories:
+    spec = EpisodeSpec.from_meta(t.meta) if {"env", "game", "split", "seed"} <= t.meta.keys() else None
+    for i, s in enumerate(t.steps):
+      adm = list(s.admissible or [])
+      if s.admissible is not None and s.action not in adm:
+        adm.append(s.action)
+      x = PolicyInput(task=t.task, history=tuple((p.observation, p.action) for p in t.steps[:i]),
+                      observation=s.observation, admissible=tuple(adm), spec=spec)
+      out.append((x, s.action))
+  return out
+
+
+def next_action_accuracy(policy: Policy, trajectories: Iterable[Trajectory],
+                         batch_size: int = 64) -> dict[str, Any]:
+  """Fraction of held-out expert states where the policy picks the expert action.
+
+  For a scoring policy (rank admissible actions by likelihood) or a generative one;
+  actions are compared after `normalize_action`.
+  """
+  states = expert_states(trajectories)
+  correct = admissible = 0
+  for i in range(0, len(states), batch_size):
+    chunk = states[i:i + batch_size]
+    actions = policy([x for x, _ in chunk])
+    if len(actions) != len(chunk):
+      raise ValueError(f"policy returned {len(actions)} actions for {len(chunk)} states")
+    for (x, gold), a in zip(chunk, actions):
+      correct += normalize_action(a) == normalize_action(gold)
+      admissible += normalize_action(a) in {normalize_action(b) for b in x.admissible}
+  n = len(states)
+  lo, hi = wilson_interval(correct, n)
+  return {"states": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+          "accuracy_ci95": [lo, hi], "admissible_rate": admissible / n if n else 0.0}
+
+
+def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+  """One row per split: success % [95% CI], episodes, avg steps, invalid-action %."""
+  lines = ["| split | success % | 95% CI | episodes | avg steps | invalid % |",
+           "|---|---|---|---|---|---|"]
+  for name, r in results.items():
+    lo, hi = r["success_ci95"]
+    lines.append(f"| {name} | {100 * r['success_rate']:.1f} | [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                 f"{r['episodes']} | {r['avg_steps']:.1f} | {100 * r['invalid_action_rate']:.1f} |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Baselines from the command line: oracle or random-admissible on the default splits."""
+  # pylint: disable=import-outside-toplevel
+  import argparse
+  import json
+
+  from act_jax.envs.splits import DEFAULT_SPLITS, eval_episodes, twx_splits
+  p = argparse.ArgumentParser(description="Evaluate a baseline policy on the eval splits.")
+  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx")
+  p.add_argument("--games", default="", help="comma-separated TWX games (default: training games)")
+  p.add_argument("--policy", choices=["oracle", "random"], default="random")
+  p.add_argument("--n", type=int, default=100, help="episodes per game per split")
+  p.add_argument("--max-steps", type=int, default=50)
+  p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="", help="write the JSON results here")
+  args = p.parse_args(argv)
+
+  splits = (twx_splits(args.games.split(",")) if args.env == "twx" and args.games
+            else DEFAULT_SPLITS[args.env])
+  episodes = eval_episodes(splits, args.n)
+  kwargs = {"admissible": False} if args.env == "scienceworld" and args.policy == "oracle" else {}
+  with EnvPool(args.env, args.workers, **kwargs) as pool:
+    if args.policy == "oracle":
+      policy: Policy = OraclePolicy(collect_gold(pool, [s for v in episodes.values() for s in v]))
+    else:
+      policy = RandomPolicy(args.seed)
+    results = evaluate(policy, pool, episodes, args.max_steps, progress=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+  print(markdown_table(results))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

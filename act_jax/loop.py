@@ -1,0 +1,202 @@
+"""The one training loop every stage runs: config -> mesh -> model -> data -> step -> checkpoint.
+
+A `Stage` supplies what differs between stages (its batches, the registered loss, an
+optional `prepare` that turns a data batch into a loss batch — GRPO generates and scores
+there — and an optional evaluation). Everything else is shared: sharded state creation,
+restore-or-init, the compiled step, non-finite guards, logging, checkpoints and
+preemption handling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Any, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from act_jax import checkpoint, config_lib, metrics as metrics_lib, models, sharding, step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+class Batches(Protocol):
+  """A host-side batch iterator whose position can be saved in a checkpoint."""
+
+  def __next__(self) -> dict[str, np.ndarray]: ...
+  def get_state(self) -> dict[str, Any]: ...
+  def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+class Stage:
+  """What one training stage contributes to the shared loop."""
+  name = "train"
+  loss = "next_token"
+  loss_cfg: Any = None
+  updates_per_batch = 1
+
+  def batches(self, shard_index: int, shard_count: int) -> Batches:
+    raise NotImplementedError
+
+  def prepare(self, ctx: "Context", state: step_lib.TrainState,
+              batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Turns a data batch into the loss's batch (+ host metrics). Default: unchanged."""
+    return batch, {}
+
+  def evaluate(self, ctx: "Context", params: models.Params) -> dict[str, float]:
+    return {}
+
+
+@dataclasses.dataclass
+class Context:
+  """What a run has built before its first step; stages use it to generate or evaluate."""
+  config: ml_collections.ConfigDict
+  model_cfg: models.ModelConfig
+  mesh: jax.sharding.Mesh
+  gdef: Any
+  param_shardings: Any
+  workdir: str
+
+
+def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
+  model_cfg = config_lib.model_config(config)
+  mesh = sharding.make_mesh(config_lib.mesh_axes(config))
+  sharding.check_model_fits(model_cfg, mesh)
+  pshard = sharding.tree_shardings(models.logical_axes(model_cfg),
+                                   models.abstract_params(model_cfg), mesh,
+                                   config_lib.sharding_rules(config))
+  return Context(config, model_cfg, mesh, models.graphdef(model_cfg), pshard, workdir)
+
+
+def state_shardings(ctx: Context, optimizer: optax.GradientTransformation) -> Any:
+  """Optimiser moments follow their parameter's sharding; scalars are replicated."""
+  rep = sharding.replicated(ctx.mesh)
+  abstract = jax.eval_shape(optimizer.init, models.abstract_params(ctx.model_cfg))
+  opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract, ctx.param_shardings,
+                              transform_non_params=lambda _: rep)
+  return {"params": ctx.param_shardings, "opt_state": opt, "step": rep, "rng": rep}
+
+
+class _Preemption:
+  """Turns SIGTERM (what a TPU/spot preemption sends) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+class Preempted(SystemExit):
+  """Raised after the preemption checkpoint is written; exit status 143 like SIGTERM."""
+
+  def __init__(self, step: int):
+    super().__init__(143)
+    self.step = step
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
+        init_params: models.Params | None = None, ctx: Context | None = None
+        ) -> step_lib.TrainState:
+  """Trains `stage` for `config.train.steps` steps, resuming from `workdir` if possible."""
+  ctx = ctx or build_context(config, workdir)
+  tc = config.train
+  optim_cfg = dict(config.optim)
+  optim_cfg.setdefault("total_steps", tc.steps)
+  optimizer = step_lib.make_optimizer(optim_cfg)
+  st_shard = state_shardings(ctx, optimizer)
+  batches = stage.batches(jax.process_index(), jax.process_count())
+  saved_config = {"experiment": config.to_dict(), "model": ctx.model_cfg.to_dict(),
+                  "stage": stage.name}
+
+  ck = config.checkpoint
+  mgr = checkpoint.Manager(os.path.join(workdir, "checkpoints"), keep=ck.keep, every=ck.every,
+                           best_metric=ck.best_metric or None, best_mode=ck.best_mode,
+                           async_save=ck.async_save)
+  init = jax.jit(lambda p: step_lib.init_state(p, optimizer, config.seed),
+                 out_shardings=st_shard)
+  if mgr.latest_step() is not None:
+    _check_compatible(mgr, ctx.model_cfg, os.path.join(workdir, "checkpoints"))
+    abstract = checkpoint.abstract_like(
+        jax.eval_shape(init, models.abstract_params(ctx.model_cfg)), st_shard)
+    state, data_state, _ = mgr.restore(abstract)
+    batches.set_state(data_state)
+    log.info("%s: resumed from step %d", stage.name, int(state["step"]))
+  else:
+    params = init_params if init_params is not None else models.init_params(
+        ctx.model_cfg, config.seed, ctx.param_shardings)
+    state = init(params)
+
+  start = int(jax.device_get(state["step"]))
+  writer = metrics_lib.Writer(workdir, tc.steps, desc=stage.name, start_step=start)
+  step_fn = None
+  bad_in_row = 0
+  try:
+    with _Preemption() as preempt:
+      for step in range(start + 1, tc.steps + 1):
+        t0 = time.perf_counter()
+        batch, host_metrics = stage.prepare(ctx, state, next(batches))
+        if step_fn is None:
+          batch_sh = {k: sharding.batch_sharding(ctx.mesh, np.ndim(v)) for k, v in batch.items()}
+          step_fn = sharding.jit_step(
+              step_lib.make_train_step(ctx.gdef, stage.loss, optimizer, stage.loss_cfg,
+                                       tc.accum_steps, stage.updates_per_batch),
+              st_shard, batch_sh, sharding.replicated(ctx.mesh))
+        device_batch = sharding.shard_batch(batch, ctx.mesh)
+        with jax.transfer_guard("disallow"):
+          state, m = step_fn(state, device_batch)
+        m = jax.device_get(m)
+        dt = time.perf_counter() - t0
+        m.update(host_metrics, step_time=dt)
+        if "mask" in batch:
+          m["tokens_per_s"] = float(np.sum(batch["mask"])) * jax.process_count() / dt
+        bad_in_row = bad_in_row + 1 if m["skipped"] else 0
+        if bad_in_row >= tc.max_nonfinite:
+          raise FloatingPointError(
+              f"{stage.name} step {step}: loss or gradient non-finite for {bad_in_row} "
+              f"steps in a row (config.train.max_nonfinite={tc.max_nonfinite}); the last "
+              f"good checkpoint is step {mgr.latest_step()}")
+        if tc.eval_every and step % tc.eval_every == 0:
+          m.update(stage.evaluate(ctx, state["params"]))
+        row = writer.write(step, m)
+        if preempt.requested:
+          mgr.save(step, state, batches.get_state(), saved_config, row, force=True)
+          mgr.close()
+          raise Preempted(step)
+        if mgr.should_save(step) or step == tc.steps:
+          mgr.save(step, state, batches.get_state(), saved_config, row, force=step == tc.steps)
+  finally:
+    writer.close()
+    mgr.close()
+  return state
+
+
+def _check_compatible(mgr: checkpoint.Manager, model_cfg: models.ModelConfig, where: str):
+  saved = mgr.restore_config().get("model", {})
+  now = model_cfg.to_dict()
+  shape_fields = ("arch", "vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                  "num_heads", "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias",
+                  "qk_norm")
+  diff = {f: (saved.get(f), now[f]) for f in shape_fields if saved.get(f) != now[f]}
+  if diff:
+    raise ValueError(f"{where}: checkpoint does not match config.model "
+                     f"(field: (checkpoint, config)) {diff}")

@@ -1,0 +1,61 @@
+"""Run logging: JSON lines + TensorBoard events + a console progress bar (process 0 only)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import tqdm
+
+
+def _scalar(v: Any) -> float | int:
+  a = np.asarray(v)
+  return a.item() if a.size == 1 else float(a.mean())
+
+
+class Writer:
+  """Writes `DIR/metrics.jsonl` and TensorBoard events under `DIR/tb/`.
+
+  Only process 0 writes, so a pod run produces one log; every process may call it.
+  """
+
+  def __init__(self, workdir: str, total_steps: int, desc: str = "train",
+               start_step: int = 0, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._jsonl = self._tb = self._bar = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=desc,
+                          dynamic_ncols=True, disable=None)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+    row = {k: _scalar(v) for k, v in metrics.items()}
+    if not self.enabled:
+      return row
+    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **row}) + "\n")
+    self._jsonl.flush()
+    for k, v in row.items():
+      self._tb.add_scalar(k, v, int(step))
+    self._bar.n = int(step)
+    self._bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                           if k in ("loss", "reward", "accuracy", "tokens_per_s")}, refresh=False)
+    self._bar.refresh()
+    return row
+
+  def close(self) -> None:
+    if self.enabled:
+      self._bar.close()
+      self._tb.close()
+      self._jsonl.close()
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]

@@ -1,0 +1,246 @@
+"""The pure functional sampler: prefill, a `while_loop` decode, and scoring.
+
+Everything here is a function of arrays plus static arguments (the model graphdef,
+a `SamplingConfig`, the mesh), so `Sampler` can jit it once per bucketed shape.
+
+Layout: prompts are left-padded to P, so every row's last prompt token sits in
+slot P-1 and all rows write new tokens to the same cache slot each step; RoPE
+positions come from the mask, so padding changes no real token's numerics. The
+KV cache has S >= P + max_new_tokens - 1 slots, and `kv_mask` (prompt mask, then
+all ones) is fixed for the whole loop: causality by slot index hides the future.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from act_jax import sharding as shd
+from act_jax.models import decoder as dec
+from act_jax.sampling.config import EOS, LENGTH, STOP, SamplingConfig
+
+Params = Any
+
+
+class DecodeState(NamedTuple):
+  """The loop carry. N = prompts x samples; G = output buffer length."""
+  cache: dict[str, jax.Array]  # {"k","v"} [L, N, S, K, Hd]
+  kv_mask: jax.Array  # [N, S] bool
+  rng: jax.Array  # key
+  step: jax.Array  # int32 scalar: tokens generated so far (same for every row)
+  last: jax.Array  # [N] token to feed next
+  position: jax.Array  # [N] its RoPE position
+  tokens: jax.Array  # [N, G] generated ids, pad after each row's end
+  logprobs: jax.Array  # [N, G] log-prob under the sampling distribution
+  model_logprobs: jax.Array  # [N, G] log-prob under the unmodified model (T=1)
+  done: jax.Array  # [N] bool
+  finish: jax.Array  # [N] int32: LENGTH / EOS / STOP
+  lengths: jax.Array  # [N] int32 tokens kept (eos / stop tokens included)
+
+
+class Generation(NamedTuple):
+  """What `generate` returns (device arrays); rows grouped as prompt-major."""
+  tokens: jax.Array  # [N, G] int32, pad_id after `lengths`
+  logprobs: jax.Array  # [N, G] float32, 0 after `lengths`
+  model_logprobs: jax.Array  # [N, G] float32, 0 after `lengths`
+  lengths: jax.Array  # [N] int32
+  finish: jax.Array  # [N] int32 index into FINISH_REASONS
+  decode_steps: jax.Array  # int32 scalar: while_loop iterations run
+
+
+# ----------------------------------------------------------------------------
+# Token choice
+# ----------------------------------------------------------------------------
+def sampling_logits(logits: jax.Array, cfg: SamplingConfig
+                    ) -> tuple[jax.Array, jax.Array | None]:
+  """Tempered logits restricted by top-k / top-p, as (values, vocab ids).
+
+  Returns ids=None when no restriction applies (values cover the whole
+  vocabulary); otherwise values [.., k] are sorted descending with the excluded
+  ones at -inf, so sampling stays a categorical over k candidates, not a
+  full-vocabulary sort per step.
+  """
+  x = logits / cfg.temperature
+  V = x.shape[-1]
+  k = min(cfg.top_k, V) if cfg.top_k else V
+  if k == V and cfg.top_p >= 1.0:
+    return x, None
+  values, ids = jax.lax.top_k(x, k)
+  if cfg.top_p < 1.0:
+    probs = jax.nn.softmax(values, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    values = jnp.where(mass_before < cfg.top_p, values, -jnp.inf)
+  return values, ids
+
+
+def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """logits [N, V] -> (token, log-prob under the sampling dist, under the model)."""
+  model_logp = jax.nn.log_softmax(logits, axis=-1)
+  take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]
+  if cfg.greedy:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return tok, jnp.zeros(tok.shape, jnp.float32), take(model_logp, tok)
+  values, ids = sampling_logits(logits, cfg)
+  j = jax.random.categorical(rng, values, axis=-1).astype(jnp.int32)
+  logp = take(jax.nn.log_softmax(values, axis=-1), j)
+  tok = j if ids is None else take(ids, j).astype(jnp.int32)
+  return tok, logp, take(model_logp, tok)
+
+
+def _ends_with(tokens: jax.Array, step: jax.Array, seq: tuple[int, ...]) -> jax.Array:
+  """[N] bool: tokens[:, :step] ends with `seq` (step is the new length)."""
+  m = len(seq)
+  window = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(step - m, 0), m, axis=1)
+  return (step >= m) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=1)
+
+
+def _append(state: DecodeState, logits: jax.Array, cfg: SamplingConfig,
+            pad_id: int) -> DecodeState:
+  """Samples one token per row from logits [N, V] and records it."""
+  rng, key = jax.random.split(state.rng)
+  tok, logp, model_logp = choose_tokens(logits, key, cfg)
+  live = ~state.done
+  s = state.step
+  tokens = state.tokens.at[:, s].set(jnp.where(live, tok, pad_id))
+  logprobs = state.logprobs.at[:, s].set(jnp.where(live, logp, 0.0))
+  model_logprobs = state.model_logprobs.at[:, s].set(jnp.where(live, model_logp, 0.0))
+  is_eos = jnp.isin(tok, jnp.asarray(cfg.eos_ids, jnp.int32)) if cfg.eos_ids else False
+  is_stop = False
+  for seq in cfg.stop_token_ids:
+    is_stop = is_stop | _ends_with(tokens, s + 1, seq)
+  finish = jnp.where(live & is_eos, EOS, jnp.where(live & is_stop, STOP, state.finish))
+  return state._replace(
+      rng=rng, step=s + 1, last=tok, position=state.position + 1, tokens=tokens,
+      logprobs=logprobs, model_logprobs=model_logprobs,
+      lengths=jnp.where(live, s + 1, state.lengths),
+      done=state.done | is_eos | is_stop, finish=finish.astype(jnp.int32))
+
+
+# ----------------------------------------------------------------------------
+# Sharding helpers (no-ops without a mesh)
+# ----------------------------------------------------------------------------
+_CACHE_AXES = ("layers", "batch", None, "kv_heads", "head_dim")
+
+
+def _constrain(x: jax.Array, logical: tuple[str | None, ...], mesh: Mesh | None) -> jax.Array:
+  if mesh is None:
+    return x
+  spec = shd.spec_for(logical, x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _constrain_rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+  """Leading (batch) axis over the mesh's batch axes."""
+  return _constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
+
+
+# ----------------------------------------------------------------------------
+# Prefill / decode / generate
+# ----------------------------------------------------------------------------
+def prefill(gdef: nnx.GraphDef, params: Params, prompt_tokens: jax.Array,
+            prompt_mask: jax.Array, rng: jax.Array, cfg: SamplingConfig, *,
+            n: int = 1, slots: int, pad_id: int = 0, mesh: Mesh | None = None
+            ) -> DecodeState:
+  """Runs the B left-padded prompts once, then forks each into n rows.
+
+  The cache, mask and last-token logits are repeated after the forward pass, so a
+  GRPO group of n samples costs one prompt forward, not n. The first new token
+  is sampled here (independently per row).
+  """
+  model = nnx.merge(gdef, params)
+  mcfg = model.cfg
+  B, P = prompt_tokens.shape
+  G = slots - P + 1
+  mask = prompt_mask.astype(bool)
+  kv_mask = jnp.concatenate([mask, jnp.ones((B, slots - P), bool)], axis=1)
+  cache = jax.tree.map(lambda c: _constrain(c, _CACHE_AXES, mesh),
+                       dec.init_cache(mcfg, B, slots))
+  h, cache = model.hidden(prompt_tokens, dec.positions_from_mask(mask), kv_mask, cache, 0)
+  logits = model.logits(h[:, -1])  # [B, V]: only the last position is sampled from
+  prompt_lens = jnp.sum(mask, axis=1, dtype=jnp.int32)
+  if n > 1:
+    rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
+    cache = jax.tree.map(lambda c: _constrain(rep(c, 1), _CACHE_AXES, mesh), cache)
+    kv_mask, logits, prompt_lens = rep(kv_mask), rep(logits), rep(prompt_lens)
+  N = B * n
+  rows = lambda shape, value, dtype: _constrain_rows(jnp.full(shape, value, dtype), mesh)
+  state = DecodeState(
+      cache=cache, kv_mask=_constrain_rows(kv_mask, mesh), rng=rng,
+      step=jnp.zeros((), jnp.int32), last=rows((N,), 0, jnp.int32),
+      position=_constrain_rows(prompt_lens - 1, mesh),
+      tokens=rows((N, G), pad_id, jnp.int32), logprobs=rows((N, G), 0, jnp.float32),
+      model_logprobs=rows((N, G), 0, jnp.float32), done=rows((N,), False, bool),
+      finish=rows((N,), LENGTH, jnp.int32), lengths=rows((N,), 0, jnp.int32))
+  return _append(state, logits, cfg, pad_id)
+
+
+def decode(gdef: nnx.GraphDef, params: Params, state: DecodeState,
+           max_new_tokens: jax.Array | int, cfg: SamplingConfig, *, pad_id: int = 0
+           ) -> DecodeState:
+  """Feeds one token per step until every row is done or has max_new_tokens.
+
+  One `lax.while_loop`: the cache is a loop carry updated in place, and the loop
+  exits as soon as all rows are done. `gdef` should be built with
+  scan_layers=False, so layers run unrolled and each writes its cache slice in
+  place instead of the scan re-stacking the whole cache every step.
+  """
+  model = nnx.merge(gdef, params)
+  P = state.kv_mask.shape[1] - state.tokens.shape[1] + 1
+  limit = jnp.minimum(jnp.asarray(max_new_tokens, jnp.int32), state.tokens.shape[1])
+
+  def cond(st: DecodeState) -> jax.Array:
+    return (st.step < limit) & ~jnp.all(st.done)
+
+  def body(st: DecodeState) -> DecodeState:
+    h, cache = model.hidden(st.last[:, None], st.position[:, None], st.kv_mask, st.cache,
+                            P + st.step - 1)
+    return _append(st._replace(cache=cache), model.logits(h[:, 0]), cfg, pad_id)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def finalize(state: DecodeState) -> Generation:
+  """The loop state -> results; rows that ran out of budget finish as "length"."""
+  return Generation(tokens=state.tokens, logprobs=state.logprobs,
+                    model_logprobs=state.model_logprobs, lengths=state.lengths,
+                    finish=state.finish, decode_steps=state.step - 1)
+
+
+def generate(gdef: nnx.GraphDef, params: Params, prompt_tokens: jax.Array,
+             prompt_mask: jax.Array, rng: jax.Array, cfg: SamplingConfig, *,
+             max_new_tokens: jax.Array | int, n: int = 1, slots: int, pad_id: int = 0,
+             mesh: Mesh | None = None) -> Generation:
+  """Prefill + decode in one program: [B, P] prompts -> B*n completions.
+
+  Static: gdef, cfg, n, slots, pad_id, mesh. `slots` (KV cache size) bounds the
+  output at G = slots - P + 1 tokens; `max_new_tokens` (<= G) is traced, so
+  changing it within a bucket does not recompile.
+  """
+  state = prefill(gdef, params, prompt_tokens, prompt_mask, rng, cfg, n=n, slots=slots,
+                  pad_id=pad_id, mesh=mesh)
+  return finalize(decode(gdef, params, state, max_new_tokens, cfg, pad_id=pad_id))
+
+
+# ----------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------
+def score(gdef: nnx.GraphDef, params: Params, tokens: jax.Array, mask: jax.Array,
+          num_targets: int) -> jax.Array:
+  """Per-token log-likelihoods of the last `num_targets` positions of each row.
+
+  tokens/mask [N, T] are left-padded prompt+continuation, continuation last, so
+  the targets are tokens[:, T-C:] and their logits come from positions
+  [T-C-1, T-1). Only those C positions go through the vocabulary projection.
+  Returns [N, C] float32 (callers mask rows' shorter continuations).
+  """
+  model = nnx.merge(gdef, params)
+  T = tokens.shape[1]
+  C = num_targets
+  mask = mask.astype(bool)
+  h, _ = model.hidden(tokens, dec.positions_from_mask(mask), mask)
+  logp = jax.nn.log_softmax(model.logits(h[:, T - C - 1:T - 1]), axis=-1)
+  return jnp.take_along_axis(logp, tokens[:, T - C:, None], axis=-1)[..., 0]

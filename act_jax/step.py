@@ -1,0 +1,124 @@
+"""The train state, the optimiser, and the one pure train step every stage shares.
+
+`make_train_step` returns `step(state, batch) -> (state, metrics)`: gradient
+accumulation over microbatches with the loss normalised by the global denominator, an
+optax update, and a guard that skips (and counts) any update whose loss or gradient is
+not finite. Stages differ only in the registered loss they pass in.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from act_jax import losses
+from act_jax.models import Params
+
+TrainState = dict[str, Any]  # {"params", "opt_state", "step", "rng"}
+
+
+def make_optimizer(c: Mapping[str, Any]) -> optax.GradientTransformation:
+  """AdamW with warmup then cosine or constant, global-norm clipping.
+
+  Norm scales and biases are not decayed (weight decay on them only shrinks the
+  residual stream's gains).
+  """
+  warmup = int(c.get("warmup_steps", 0))
+  total = max(int(c.get("total_steps", 1)), warmup + 1)
+  lr = float(c["lr"])
+  kind = c.get("schedule", "cosine")
+  if kind == "cosine":
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total,
+                                               end_value=lr * float(c.get("final_lr_frac", 0.1)))
+  elif kind == "constant":
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
+                                  optax.constant_schedule(lr)], [max(warmup, 1)])
+  else:
+    raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine' or 'constant'")
+
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any("norm" in str(k) or str(getattr(k, "key", "")).startswith("b")
+                                for k in path), params)
+
+  return optax.chain(
+      optax.clip_by_global_norm(float(c.get("grad_clip", 1.0))),
+      optax.adamw(sched, b1=float(c.get("b1", 0.9)), b2=float(c.get("b2", 0.95)),
+                  eps=float(c.get("eps", 1e-8)), weight_decay=float(c.get("weight_decay", 0.0)),
+                  mask=decay_mask))
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  return {"params": params, "opt_state": optimizer.init(params),
+          "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.GradientTransformation,
+                    loss_cfg: Any = None, accum_steps: int = 1,
+                    updates_per_batch: int = 1) -> Callable:
+  """Builds the pure step for the registered loss `loss_name`.
+
+  The batch is split into `updates_per_batch` minibatches (GRPO's mu), each one an
+  optimiser update made of `accum_steps` accumulated microbatches.
+  """
+  loss_fn = losses.get(loss_name)
+
+  def micro_loss(params, mb):
+    total, denom, metrics = loss_fn(nnx.merge(gdef, params), mb, loss_cfg)
+    return total, (denom, metrics)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def update(state: TrainState, batch: dict[str, jax.Array]):
+    params = state["params"]
+    if accum_steps == 1:
+      (total, (denom, metrics)), grads = grad_fn(params, batch)
+    else:
+      mbs = _split(batch, accum_steps)
+
+      def body(carry, mb):
+        g_acc, t_acc, d_acc = carry
+        (t, (d, m)), g = grad_fn(params, mb)
+        return (jax.tree.map(jnp.add, g_acc, g), t_acc + t, d_acc + d), m
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (grads, total, denom), per_mb = jax.lax.scan(
+          body, (zeros, jnp.zeros(()), jnp.zeros(())), mbs)
+      metrics = {k: (v.sum() if k.startswith("n_") else v.mean()) for k, v in per_mb.items()}
+    denom = jnp.maximum(denom, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    loss = total / denom
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # Zeroed grads keep NaNs out of the (discarded) update's arithmetic.
+    safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, opt_state = optimizer.update(safe, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = {"params": keep(new_params, params),
+                 "opt_state": keep(opt_state, state["opt_state"]),
+                 "step": state["step"], "rng": state["rng"]}
+    out = {"loss": loss, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32),
+           **metrics}
+    return new_state, out
+
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    if updates_per_batch == 1:
+      state, metrics = update(state, batch)
+      return {**state, "step": state["step"] + 1}, metrics
+    state, per = jax.lax.scan(update, state, _split(batch, updates_per_batch))
+    state = {**state, "step": state["step"] + 1}
+    metrics = {k: (v.sum() if k == "skipped" or k.startswith("n_") else v.mean())
+               for k, v in per.items()}
+    return state, metrics
+
+  return step
+
+
+def _split(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [k, B/k, ...]; part i takes rows i, i+k, ... so each part stays split
+  over the batch mesh axes without moving data between devices."""
+  return jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[1:]).swapaxes(0, 1), batch)
