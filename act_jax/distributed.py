@@ -21,7 +21,9 @@ def initialize() -> None:
   nproc = _NPROC.value or _int_env("ACT_NUM_PROCESSES")
   pid = _PID.value if _PID.value is not None else _int_env("ACT_PROCESS_ID")
   if coord or (nproc and nproc > 1):
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    # Decided from the environment: asking JAX for its backend would start XLA, which
+    # must not happen before jax.distributed.initialize.
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coord, num_processes=nproc,
                                process_id=pid)
