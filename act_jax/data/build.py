@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -75,6 +76,7 @@ def build_states(trajectories: Sequence[Trajectory], tokenizer: Any,
                  prompt_cfg: prompts.PromptConfig, max_state_tokens: int | None,
                  drops: DropLog, notes: DropLog, progress: bool = False
                  ) -> list[states_lib.State]:
+  """Every expert decision of every trajectory, in order."""
   out = []
   ids = states_lib.trajectory_ids(trajectories)
   for traj, ident in tqdm.tqdm(list(zip(trajectories, ids)), desc="states",
@@ -130,6 +132,7 @@ def build_datasets(trajectories: Sequence[Trajectory], tokenizer: Any,
                               (builders.ImitationPairs, imitation, len(states))):
     if not total:  # TFDS cannot write an empty split; the report says why.
       logging.warning("%s: no records, not written", cls.name)
+      shutil.rmtree(builders.dataset_dir(out_dir, cls.name), ignore_errors=True)
       continue
     records = tqdm.tqdm(records, total=total, desc=cls.name, disable=not progress)
     report.dirs[cls.name] = builders.write_dataset(cls, out_dir, records, metadata)

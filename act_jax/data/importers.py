@@ -208,17 +208,14 @@ def conversation_to_trajectory(rec: Any, conv: ConversationFormat = Conversation
       instruction, task, first_obs = "", text.strip(), ""
   else:
     instruction, rest = pre[0].strip(), list(pre[1:])
-    if found and found[0] > 0:
-      j, m, cut = found
-      task = m.group(1)
-      if cut:
-        rest[j - 1] = rest[j - 1][:m.start()] + rest[j - 1][m.end():]
-      first_obs = "\n".join(_strip_prefixes(t, conv) for t in rest)
-    elif found:
-      task = found[1].group(1)
-      first_obs = "\n".join(_strip_prefixes(t, conv) for t in rest)
+    if found and found[0] > 0 and found[2]:  # Cut the task line from its turn.
+      j, m, _ = found
+      rest[j - 1] = rest[j - 1][:m.start()] + rest[j - 1][m.end():]
+    rest = "\n".join(_strip_prefixes(t, conv) for t in rest)
+    if found:
+      task, first_obs = found[1].group(1), rest
     else:  # The second human turn is the task (ALFWorld-style without a marker).
-      task, first_obs = "\n".join(_strip_prefixes(t, conv) for t in rest), ""
+      task, first_obs = rest, ""
   if system:
     instruction = (system + "\n\n" + instruction).strip()
 
