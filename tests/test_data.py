@@ -505,3 +505,24 @@ def test_command_line(tokenizer_dir, tmp_path, capsys, monkeypatch):
   with pytest.raises(RuntimeError, match="act_jax.sampling"):
     build.main(["--trajectories", ACT_JAX, "--alternatives", "policy", "--model",
                 tokenizer_dir, "--out", str(tmp_path / "p")])
+
+
+def test_build_with_policy_alternatives(tok, tmp_path):
+  trajs = importers.load_trajectories(CONVERSATIONS)
+  calls = []
+
+  def sample_fn(batch_prompts, n, temperature, seed):
+    calls.append(seed)
+    return [[f"Thought: try\nAction: look {i % 2}" for i in range(n)]
+            for _ in batch_prompts]
+
+  report = build.build_datasets(
+      trajs, tok, str(tmp_path), sample_fn=sample_fn,
+      alt_cfg=alt_lib.AlternativesConfig(source="policy", k=3, sample_batch_size=4))
+  assert len(calls) == 4 and len(set(calls)) == 4  # 15 states, a seed per batch
+  assert (report.states, report.pairs) == (15, 30)
+  assert report.drops.to_dict() == {"candidate/duplicate": 15}
+  critic = builders.load_source(str(tmp_path), "critic_pairs")
+  assert len(critic) == 30
+  assert {critic[i]["alternative_source"] for i in range(30)} == {b"policy"}
+  assert {critic[i]["alternative_action"] for i in range(30)} == {b"look 0", b"look 1"}
