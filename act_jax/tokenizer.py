@@ -30,8 +30,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # Chat scaffolding the corpus should cover even if no trajectory mentions it.
-_SCAFFOLD = ("system\nuser\nassistant\n", "Action: ", "Answer: ", "Which action is better for the task?",
-             "Action 1: ", "Action 2: ", "<think>\n", "\n</think>\n\n")
+_SCAFFOLD = ("system\nuser\nassistant\n", "Action: ", "Answer: ",
+             "Which action is better for the task?", "Action 1: ", "Action 2: ", "<think>\n",
+             "\n</think>\n\n")
 
 
 def trajectory_texts(trajectories: Iterable[Trajectory], admissible: bool = True) -> Iterator[str]:

@@ -7,8 +7,9 @@
 Each step records the observation, the gold action and the admissible actions there
 (ScienceWorld's valid list ∪ {gold action}; `meta.augmented_steps` counts the
 additions). TWX gold actions the parser rejects (rare no-ops) are skipped and listed
-in `meta.skipped_gold_actions`. Replays that do not end in success are counted, printed and written to
-`<out>.failures.jsonl` (success=False, meta.reason): never silently dropped.
+in `meta.skipped_gold_actions`. Replays that do not end in success are counted,
+printed and written to `<out>.failures.jsonl` (success=False, meta.reason): never
+silently dropped.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def replay_gold(env: TextEnv, spec: EpisodeSpec, max_steps: int | None = None) -
 
 
 def generate(pool: EnvPool, specs: Sequence[EpisodeSpec], progress: bool = True,
-             max_steps: int | None = None) -> tuple[list[Trajectory], list[Trajectory], dict[str, Any]]:
+             max_steps: int | None = None
+             ) -> tuple[list[Trajectory], list[Trajectory], dict[str, Any]]:
   """Replays specs over the pool: (successes, failures, summary), both lists in spec order."""
   bar = None
   if progress:
@@ -167,13 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--env", choices=["twx", "scienceworld"], default="twx")
   p.add_argument("--games", default="", help="comma-separated TWX games or ScienceWorld tasks")
-  p.add_argument("--split", choices=["train", "dev", "test"], default="train", help="simulator fold")
+  p.add_argument("--split", choices=["train", "dev", "test"], default="train",
+                 help="simulator fold")
   p.add_argument("--split-spec", default="", help="a named split of splits.DEFAULT_SPLITS[env] "
                  "(train, id, ood_...); overrides --split and params")
   p.add_argument("--n", type=int, default=None, help="episodes per game (default: the whole fold)")
   p.add_argument("--start", type=int, default=0, help="offset into each game's fold seeds")
   p.add_argument("--params-preset", choices=sorted(PARAM_PRESETS), default="train",
-                 help="TWX game params: splits.TWX_TRAIN_PARAMS, TWX_HARD_PARAMS or the game defaults")
+                 help="TWX game params: splits.TWX_TRAIN_PARAMS, TWX_HARD_PARAMS or defaults")
   p.add_argument("--params", action="append", default=[], metavar="GAME:K=V,K=V",
                  help="override one TWX game's params (repeatable)")
   p.add_argument("--simplification", default=SW_SIMPLIFICATION, help="ScienceWorld simplifications")
@@ -190,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   specs = build_specs(args)
   kwargs = {"observe_look_inventory": not args.no_look_inventory}
   with EnvPool(args.env, args.workers, **kwargs) as pool:
-    ok, bad, summary = generate(pool, specs, progress=not args.no_progress, max_steps=args.max_steps)
+    ok, bad, summary = generate(pool, specs, progress=not args.no_progress,
+                                max_steps=args.max_steps)
   if args.no_admissible:
     for t in ok + bad:
       for s in t.steps:

@@ -82,7 +82,8 @@ class EnvPool:
     """Steps env i with actions[i] (skipping None entries)."""
     return self._apply(lambda env, a: env.step(a), actions)
 
-  def imap_unordered(self, fn: Callable[[TextEnv, T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:
+  def imap_unordered(self, fn: Callable[[TextEnv, T], R],
+                     items: Iterable[T]) -> Iterator[tuple[int, R]]:
     """Runs fn(env, item) over items on whichever env is free; yields (index, result).
 
     For whole-episode jobs (gold replay); an exception in fn is re-raised here.

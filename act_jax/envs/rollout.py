@@ -17,7 +17,7 @@ import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from act_jax.data.trajectory import Step, Trajectory
-from act_jax.envs.base import EpisodeSpec, TimeStep
+from act_jax.envs.base import EpisodeSpec
 from act_jax.envs.pool import EnvPool
 
 
@@ -232,7 +232,8 @@ def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput,
   """
   out = []
   for t in trajectories:
-    spec = EpisodeSpec.from_meta(t.meta) if {"env", "game", "split", "seed"} <= t.meta.keys() else None
+    has_spec = {"env", "game", "split", "seed"} <= t.meta.keys()
+    spec = EpisodeSpec.from_meta(t.meta) if has_spec else None
     for i, s in enumerate(t.steps):
       adm = list(s.admissible or [])
       if s.admissible is not None and s.action not in adm:

@@ -74,7 +74,8 @@ class TWXEnv(TextEnv):
 
   def _timestep(self, obs: str, info: dict[str, Any], action_valid: bool) -> TimeStep:
     self._admissible = sorted(set(info["validActions"]))
-    extras = (info.get("look", ""), info.get("inventory", "")) if self.observe_look_inventory else ()
+    extras = ((info.get("look", ""), info.get("inventory", ""))
+              if self.observe_look_inventory else ())
     success = bool(info["tasksuccess"])
     return TimeStep(
         observation=compose_observation(obs, *extras), task=self._task,
