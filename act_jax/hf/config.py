@@ -196,7 +196,8 @@ def hf_config_from_model(cfg: ModelConfig, *, torch_dtype: str | None = None) ->
 def generation_config(cfg: ModelConfig, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """generation_config.json: the source's sampling defaults, with our special ids."""
   d = dict(base or {})
-  d.pop("transformers_version", None)
+  for key in ("transformers_version", "_from_model_config"):
+    d.pop(key, None)
   for key, value in (("bos_token_id", cfg.bos_token_id), ("pad_token_id", cfg.pad_token_id),
                      ("eos_token_id", list(cfg.eos_ids) if isinstance(cfg.eos_token_id, tuple)
                       else cfg.eos_token_id)):

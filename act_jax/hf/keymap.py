@@ -138,9 +138,10 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
     return TensorSpec(rule.hf.format(layer=layer), rule.path, layer, rule.transform, shape,
                       rule.transform.hf_shape(shape))
 
-  head = [spec(r, None) for r in rules if not r.per_layer and r.path[0] == "embed"]
+  first = next(i for i, r in enumerate(rules) if r.per_layer)  # table order: head rules first
+  head = [spec(r, None) for r in rules[:first]]
   body = [spec(r, i) for i in range(cfg.num_layers) for r in rules if r.per_layer]
-  tail = [spec(r, None) for r in rules if not r.per_layer and r.path[0] != "embed"]
+  tail = [spec(r, None) for r in rules[first:] if not r.per_layer]
   return head + body + tail
 
 

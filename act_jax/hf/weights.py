@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import struct
 import time
@@ -20,9 +21,8 @@ from typing import Any, Callable, Iterable
 import jax
 import ml_dtypes
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from act_jax.hf import keymap
 from act_jax.hf.config import generation_config, hf_config_from_model, model_config_from_hf
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # safetensors names
 _FLOAT_DTYPES = ("F32", "BF16", "F16")
 
 
@@ -88,8 +89,6 @@ def _diagnose(path: Path, err: Exception) -> str:
 
 
 def _open(path: Path, stack: ExitStack):
-  if not path.is_file():
-    raise CheckpointError(f"{path}: missing shard")
   try:
     return stack.enter_context(safe_open(str(path), framework="numpy"))
   except Exception as e:  # noqa: BLE001 - safetensors raises its own types
@@ -101,6 +100,11 @@ class _Reader:
 
   def __init__(self, hf_dir: Path, stack: ExitStack):
     self.files = weight_files(hf_dir)
+    for path in sorted(set(self.files.values())):
+      if not path.is_file():
+        names = sorted(n for n, p in self.files.items() if p == path)
+        raise CheckpointError(f"{path}: missing shard; {INDEX_FILE} puts {len(names)} tensor(s) "
+                              f"there, e.g. {names[0]!r}")
     self.handles = {p: _open(p, stack) for p in sorted(set(self.files.values()))}
     self.hf_dir = hf_dir
 
@@ -126,8 +130,12 @@ class _Reader:
       if dtype not in _FLOAT_DTYPES:
         raise CheckpointError(f"{self.files[s.hf]}: tensor {s.hf!r} has dtype {dtype}; "
                               f"expected one of {_FLOAT_DTYPES}")
-    stray = [n for n in present if n not in wanted and not any(p.search(n) for p in keymap.IGNORED)
-             and not (tie_embeddings and n == keymap.TIED_HEAD)]
+    ignored = lambda n: (any(p.search(n) for p in keymap.IGNORED)
+                         or (tie_embeddings and n == keymap.TIED_HEAD))
+    stray = [n for n in present if n not in wanted and not ignored(n)]
+    if tie_embeddings and keymap.TIED_HEAD in present:
+      log.info("%s: ignoring the stored %s: embeddings are tied (as transformers does)",
+               self.hf_dir, keymap.TIED_HEAD)
     if stray:
       raise CheckpointError(f"{self.hf_dir}: {len(stray)} tensor(s) this model has no place for, "
                             f"e.g. {stray[:3]} (in {present[stray[0]]})")
@@ -258,9 +266,45 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _hf_tensor(params: Params, s: keymap.TensorSpec, np_dtype: Any) -> np.ndarray:
+  """One HF tensor pulled off the devices (one layer's slice of a stacked param)."""
+  x = keymap.get_path(params, s.path)
+  x = x[s.layer] if s.layer is not None else x
+  t = np.ascontiguousarray(s.transform.to_hf(_to_host(x)).astype(np_dtype, copy=False))
+  if t.shape != s.hf_shape:
+    raise ValueError(f"param {'/'.join(s.path)} gives {s.hf} of shape {t.shape}, "
+                     f"expected {s.hf_shape}")
+  return t
+
+
+def _write_safetensors(path: Path, specs: list[keymap.TensorSpec], dtype: str,
+                       tensors: Iterable[np.ndarray]) -> int:
+  """Streams tensors into one safetensors file: the header is known from the shapes
+  alone, so only one tensor is ever in host memory. Returns the data size."""
+  itemsize = np.dtype(NP_DTYPES[dtype]).itemsize
+  header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+  offset = 0
+  for s in specs:
+    n = math.prod(s.hf_shape) * itemsize
+    header[s.hf] = {"dtype": _ST_DTYPES[dtype], "shape": list(s.hf_shape),
+                    "data_offsets": [offset, offset + n]}
+    offset += n
+  raw = json.dumps(header, separators=(",", ":")).encode()
+  raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for t in tensors:
+      f.write(t.tobytes())
+  return offset
+
+
 def save_hf_weights(out_dir: str | Path, params: Params, cfg: ModelConfig, *,
                     dtype: str | None = None, max_shard_size: int | str = "5GB") -> list[Path]:
-  """Writes `params` as HF safetensors shards (+ index when more than one)."""
+  """Writes `params` as HF safetensors shards (+ index when more than one).
+
+  Every process must call it (arrays spanning hosts are gathered); process 0 writes.
+  """
   out_dir = Path(out_dir)
   dtype = dtype or cfg.param_dtype
   np_dtype = NP_DTYPES[dtype]
@@ -269,23 +313,16 @@ def save_hf_weights(out_dir: str | Path, params: Params, cfg: ModelConfig, *,
   names = ([SINGLE_FILE] if len(shards) == 1 else
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
   writer = jax.process_index() == 0
-  weight_map, total = {}, 0
+  total = 0
   for name, shard in zip(names, shards):
-    tensors = {}
-    for s in shard:
-      x = keymap.get_path(params, s.path)
-      x = x[s.layer] if s.layer is not None else x
-      t = np.ascontiguousarray(s.transform.to_hf(_to_host(x)).astype(np_dtype))
-      if t.shape != s.hf_shape:
-        raise ValueError(f"param {'/'.join(s.path)} gives {s.hf}: shape {t.shape}, "
-                         f"expected {s.hf_shape}")
-      tensors[s.hf] = t
-      weight_map[s.hf] = name
-      total += t.nbytes
+    tensors = (_hf_tensor(params, s, np_dtype) for s in shard)
     if writer:
-      save_file(tensors, str(out_dir / name), metadata={"format": "pt"})
-    del tensors
+      total += _write_safetensors(out_dir / name, shard, dtype, tensors)
+    else:
+      for _ in tensors:  # take part in the gathers
+        pass
   if writer and len(shards) > 1:
+    weight_map = {s.hf: name for name, shard in zip(names, shards) for s in shard}
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
   return [out_dir / n for n in names]
@@ -311,7 +348,8 @@ def save_pretrained(out_dir: str | Path, params: Params, cfg: ModelConfig, *,
   hf_config = hf_config_from_model(cfg, torch_dtype=dtype)  # refuses before writing anything
   old = sorted(out_dir.glob("model*.safetensors*"))
   if old and not overwrite:
-    raise FileExistsError(f"{out_dir}: already holds {old[0].name}; pass overwrite=True")
+    raise FileExistsError(f"{out_dir}: already holds {old[0].name}; pass overwrite=True "
+                          "(--overwrite) to replace it")
   writer = jax.process_index() == 0
   if writer:
     out_dir.mkdir(parents=True, exist_ok=True)
