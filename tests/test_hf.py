@@ -8,7 +8,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import torch
 import transformers
 from safetensors import safe_open
 
@@ -19,6 +18,8 @@ from act_jax.hf.verify import jax_logits, left_pad, max_logit_diff, torch_logits
 from act_jax.hf.weights import INDEX_FILE, SINGLE_FILE, weight_files
 from act_jax.models import graphdef, merge, positions_from_mask
 from act_jax.sharding import make_mesh
+
+torch = pytest.importorskip("torch", reason="PyTorch (CPU) is the parity reference")
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
