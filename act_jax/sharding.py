@@ -117,11 +117,65 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
 
 
+def batch_shard(mesh: Mesh, process_index: int | None = None) -> tuple[int, int]:
+  """`(index, count)`: this process feeds block `index` of `count` equal row blocks.
+
+  The batch is split over the data x fsdp slots of the mesh. A process feeds the rows
+  of every slot that holds one of its devices, so `count` is the number of distinct
+  slot groups. It is smaller than the process count when a slot spans hosts (tensor
+  across hosts): those hosts feed the same rows. `make_array_from_process_local_data`
+  puts a process's rows into its slots in slot order. On CPU and GPU meshes (devices
+  ordered by process) block `index` lands at rows [index*B/count, (index+1)*B/count),
+  so the global batch equals the 1-process batch. A topology-ordered TPU mesh may
+  interleave hosts' slots. The global batch is then a row permutation of it: the same
+  examples, with the loss equal up to summation order.
+  """
+  me = jax.process_index() if process_index is None else process_index
+  groups = _slot_groups(mesh.devices, mesh.axis_names)
+  mine = [g for g in groups if me in g[1]]
+  if len(mine) != 1:
+    raise ValueError(f"process {me} holds no device of the mesh")
+  return groups.index(mine[0]), len(groups)
+
+
+def _slot_groups(devices: np.ndarray, axis_names: Sequence[str]
+                 ) -> list[tuple[tuple[int, ...], frozenset[int]]]:
+  """A mesh's batch slots grouped by the processes that must feed them.
+
+  Returns (slots, processes) pairs ordered by first slot. Fails when two processes
+  share only some of their slots: no process-local layout can feed that mesh.
+  Takes the device array (not a Mesh) so tests can pass stand-in devices.
+  """
+  names = list(axis_names)
+  batch_axes = [names.index(a) for a in BATCH if a in names]
+  devs = np.moveaxis(np.asarray(devices), batch_axes, list(range(len(batch_axes))))
+  slots = devs.reshape(math.prod(devs.shape[:len(batch_axes)]), -1)
+  procs = [frozenset(int(d.process_index) for d in row) for row in slots]
+  by_proc: dict[int, list[int]] = {}
+  for s, ps in enumerate(procs):
+    for p in ps:
+      by_proc.setdefault(p, []).append(s)
+  groups: dict[tuple[int, ...], set[int]] = {}
+  for p, ss in by_proc.items():
+    groups.setdefault(tuple(ss), set()).add(p)
+  seen: set[int] = set()
+  for ss in groups:
+    if seen & set(ss) or len(ss) != len(next(iter(groups))):
+      raise ValueError(
+          f"mesh {dict(zip(names, np.shape(devices)))}: processes hold overlapping or "
+          f"unequal sets of batch slots (processes: slots "
+          f"{ {tuple(sorted(p)): ss for ss, p in groups.items()} }); choose mesh sizes so "
+          "that each host's devices fill whole data x fsdp slots")
+    seen |= set(ss)
+  return sorted(((ss, frozenset(p)) for ss, p in groups.items()), key=lambda g: g[0][0])
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Host arrays -> global arrays split over the batch axes.
 
-  Each process passes only its own rows; `make_array_from_process_local_data`
-  assembles the global array, so the same code serves one host and a pod.
+  Each process passes only its own rows (block `batch_shard(mesh)` of the global
+  batch); `make_array_from_process_local_data` assembles the global array, so the
+  same code serves one host and a pod.
   """
   out = {}
   for k, v in batch.items():
