@@ -1,0 +1,109 @@
+"""A model as an environment policy and as a critic, for evaluation.
+
+The policy renders each live episode's state exactly as the training data does
+(`act_jax.data.states`, same prompt templates and token budget), then either
+generates `Action: ...` greedily ("generate") or ranks the admissible actions by the
+likelihood of their training target ("rank"). Every call is batched across episodes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from act_jax.data import prompts as prompts_lib
+from act_jax.data.states import trajectory_states
+from act_jax.envs.rollout import PolicyInput
+from act_jax.sampling import SamplingConfig, Sampler
+
+MODES = ("generate", "rank")
+_GREEDY = SamplingConfig(temperature=0.0)
+
+
+class ModelPolicy:
+  """`policy(inputs) -> actions` backed by a model's parameters."""
+
+  def __init__(self, sampler: Sampler, params: Any, tokenizer: Any,
+               prompt_cfg: prompts_lib.PromptConfig, *, mode: str = "rank",
+               max_state_tokens: int | None = None, max_new_tokens: int = 24,
+               instruction: str = "", batch_size: int = 64):
+    if mode not in MODES:
+      raise ValueError(f"config.eval.modes: unknown policy mode {mode!r}; expected {MODES}")
+    self.sampler, self.params, self.tok, self.cfg = sampler, params, tokenizer, prompt_cfg
+    self.mode, self.max_state_tokens = mode, max_state_tokens
+    self.max_new_tokens, self.instruction, self.batch_size = max_new_tokens, instruction, batch_size
+    self._eos = int(tokenizer.convert_tokens_to_ids(prompt_cfg.eos_token or tokenizer.eos_token))
+    self.generated = self.unparsed = 0
+
+  def state_text(self, x: PolicyInput) -> str:
+    traj = x.to_trajectory(self.instruction)
+    traj.steps[-1].action = "?"  # the current step's action is what we are choosing
+    states = trajectory_states(traj, "policy", self.tok, self.cfg, self.max_state_tokens)
+    return states[-1].text
+
+  def prompt_ids(self, inputs: Sequence[PolicyInput]) -> list[list[int]]:
+    texts = [prompts_lib.action_prompt(self.tok, self.state_text(x), self.cfg) for x in inputs]
+    return self.tok(texts, add_special_tokens=False)["input_ids"]
+
+  def __call__(self, inputs: Sequence[PolicyInput]) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(inputs), self.batch_size):
+      chunk = inputs[i:i + self.batch_size]
+      ids = self.prompt_ids(chunk)
+      out.extend(self._generate(ids) if self.mode == "generate" else self._rank(chunk, ids))
+    return out
+
+  def _generate(self, ids: list[list[int]]) -> list[str]:
+    res = self.sampler.generate(self.params, ids, sampling=_GREEDY,
+                                max_new_tokens=self.max_new_tokens)
+    actions = []
+    for seq in res.sequences():
+      text = self.tok.decode(seq, skip_special_tokens=True)
+      action = prompts_lib.parse_action(text, self.cfg)
+      self.generated += 1
+      if action is None:
+        self.unparsed += 1
+        action = text.strip()
+      actions.append(action)
+    return actions
+
+  def _rank(self, inputs: Sequence[PolicyInput], ids: list[list[int]]) -> list[str]:
+    prompts, conts, owner = [], [], []
+    for j, (x, p) in enumerate(zip(inputs, ids)):
+      for a in x.admissible:
+        target = self.tok(prompts_lib.action_target(a, self.cfg),
+                          add_special_tokens=False)["input_ids"]
+        prompts.append(p)
+        conts.append(list(target) + [self._eos])
+        owner.append(j)
+    scores = self.sampler.score_sums(self.params, prompts, conts) if prompts else np.zeros(0)
+    best: dict[int, tuple[float, str]] = {}
+    k = 0
+    for j, x in enumerate(inputs):
+      for a in x.admissible:
+        if j not in best or scores[k] > best[j][0]:
+          best[j] = (float(scores[k]), a)
+        k += 1
+    return [best[j][1] if j in best else "look around" for j in range(len(inputs))]
+
+
+def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
+                      prompt_cfg: prompts_lib.PromptConfig, records: Sequence[dict[str, Any]],
+                      max_new_tokens: int = 16, batch_size: int = 64) -> dict[str, Any]:
+  """Greedy critic answers on held-out pairs: accuracy and the unparseable rate."""
+  correct = malformed = 0
+  for i in range(0, len(records), batch_size):
+    chunk = records[i:i + batch_size]
+    ids = [list(np.asarray(r["prompt_ids"]).tolist()) for r in chunk]
+    res = sampler.generate(params, ids, sampling=_GREEDY, max_new_tokens=max_new_tokens)
+    for r, seq in zip(chunk, res.sequences()):
+      answer = prompts_lib.parse_answer(tokenizer.decode(seq, skip_special_tokens=True),
+                                        prompt_cfg)
+      label = r["label"].decode() if isinstance(r["label"], bytes) else str(r["label"])
+      malformed += answer is None
+      correct += answer == label
+  n = len(records)
+  from act_jax.envs.rollout import wilson_interval
+  return {"pairs": n, "judgment_accuracy": correct / max(n, 1),
+          "judgment_accuracy_ci95": list(wilson_interval(correct, n)),
+          "judgment_format_error_rate": malformed / max(n, 1)}

@@ -1,0 +1,49 @@
+"""The README's main job: the whole ACT pipeline on TextWorldExpress, from scratch, on CPU.
+
+A ~1M-parameter Llama-style decoder with a byte-level BPE trained on the games' text.
+Games: the instruction-following ones (simonsays, peckingorder), whose gold paths are
+short and whose random-action success is ~0%, so any success is learnt. Critic
+alternatives are valid non-expert actions (`admissible`): a model trained from
+scratch has no initial policy worth sampling. Every variant gets the same expert data
+and the same stage budgets (steps x batch).
+
+  python -m act_jax.main --config configs/embedded.py --workdir runs/embedded
+"""
+import ml_collections
+
+from act_jax import config_lib
+from act_jax.stages import critic, grpo
+
+
+def get_config():
+  c = config_lib.base()
+  c.pipeline = ml_collections.ConfigDict(dict(
+      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=1, model_dir="", export=True))
+  c.env = ml_collections.ConfigDict(dict(
+      name="twx", games=["simonsays", "peckingorder"], train_params={},
+      train_per_game=60, heldout_per_game=10, max_steps=12, pool_size=4))
+  c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
+  c.data = ml_collections.ConfigDict(dict(alternatives="admissible", k=2,
+                                          max_state_tokens=192))
+  c.prompts = ml_collections.ConfigDict(dict(
+      # Short prompts: the model is tiny and sees only the last turns anyway.
+      action_user="{state}\nNext action?", critic_user=(
+          "{state}\nWhich action is better?\n{letter_a}: {action_a}\n{letter_b}: {action_b}"),
+      use_chat_template=True))
+  c.model.update(dict(arch="llama", vocab_size=1024, hidden_size=128, intermediate_size=384,
+                      num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                      tie_embeddings=True, max_position_embeddings=512, rope_theta=10000.0))
+  c.grpo = grpo.default_config()
+  c.grpo.update(dict(group_size=8, max_new_tokens=16, beta=0.0, eval_batch_size=64))
+  c.reward = critic.default_config().reward
+  c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
+                                                   malformed=-0.5))
+  c.stages = ml_collections.ConfigDict(dict(
+      base=dict(steps=150, batch_size=32, lr=2e-3, warmup_steps=10, rollouts_per_game=60),
+      act=dict(steps=60, batch_size=16, lr=3e-4, warmup_steps=5, eval_every=0),
+      il=dict(steps=150, batch_size=32, lr=1e-3, warmup_steps=10),
+      rl=dict(steps=60, batch_size=16, lr=3e-4, warmup_steps=5, eval_every=0)))
+  c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=20,
+                                          heldout_states=200, critic_pairs=200))
+  c.checkpoint.async_save = False
+  return c
