@@ -12,6 +12,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -45,7 +46,7 @@ class Manager:
            force: bool = False) -> bool:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(dict(data_state or {})),
+        data=ocp.args.JsonSave(gather_data_state(data_state)),
         config=ocp.args.JsonSave(_jsonable(config)))
     return self._mgr.save(step, args=args, metrics=dict(metrics or {}) or None, force=force)
 
@@ -55,7 +56,7 @@ class Manager:
     out = self._mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-    return out["state"], dict(out["data"] or {}), dict(out["config"] or {})
+    return out["state"], data_state_for_process(out["data"]), dict(out["config"] or {})
 
   def restore_config(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
@@ -68,6 +69,49 @@ class Manager:
   def close(self) -> None:
     self._mgr.wait_until_finished()
     self._mgr.close()
+
+
+# Key of a saved data state that differs between processes (a list, by process index).
+PER_PROCESS_KEY = "act_jax_per_process"
+
+
+def gather_data_state(data_state: Mapping[str, Any] | None) -> dict:
+  """The data item to save: every process's iterator position, not only process 0's.
+
+  Orbax writes JSON items from process 0 alone, yet each process iterates its own
+  shard. All processes call this (it is a collective). Equal states, the usual case,
+  are saved as one dict that resumes on any process count. Otherwise the dict is
+  `{PER_PROCESS_KEY: [state of process 0, state of process 1, ...]}`.
+  """
+  state = dict(data_state or {})
+  if jax.process_count() == 1:
+    return state
+  states = _allgather_json(state)
+  return states[0] if all(s == states[0] for s in states) else {PER_PROCESS_KEY: states}
+
+
+def data_state_for_process(saved: Mapping[str, Any] | None) -> dict:
+  """This process's iterator position out of what `gather_data_state` saved."""
+  saved = dict(saved or {})
+  if PER_PROCESS_KEY not in saved:
+    return saved
+  states = saved[PER_PROCESS_KEY]
+  if len(states) != jax.process_count():
+    raise ValueError(
+        f"the checkpoint's data positions differ between its {len(states)} processes; "
+        f"resume on {len(states)} processes, not {jax.process_count()}")
+  return dict(states[jax.process_index()])
+
+
+def _allgather_json(obj: Any) -> list:
+  """`obj` from every process, in process order (JSON bytes padded to one length)."""
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(raw.size))).reshape(-1)
+  buf = np.zeros(int(sizes.max()), np.uint8)
+  buf[:raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(buf))
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes)]
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

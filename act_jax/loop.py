@@ -124,7 +124,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
   optim_cfg.setdefault("total_steps", tc.steps)
   optimizer = step_lib.make_optimizer(optim_cfg)
   st_shard = state_shardings(ctx, optimizer)
-  batches = stage.batches(jax.process_index(), jax.process_count())
+  # The rows this process feeds follow from the mesh, not from the process index alone.
+  shard_index, shard_count = sharding.batch_shard(ctx.mesh)
+  batches = stage.batches(shard_index, shard_count)
   saved_config = {"experiment": config.to_dict(), "model": ctx.model_cfg.to_dict(),
                   "stage": stage.name}
 
@@ -168,7 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         dt = time.perf_counter() - t0
         m.update(host_metrics, step_time=dt)
         if "mask" in batch:
-          m["tokens_per_s"] = float(np.sum(batch["mask"])) * jax.process_count() / dt
+          m["tokens_per_s"] = float(np.sum(batch["mask"])) * shard_count / dt
         bad_in_row = bad_in_row + 1 if m["skipped"] else 0
         if bad_in_row >= tc.max_nonfinite:
           raise FloatingPointError(
