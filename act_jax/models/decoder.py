@@ -182,7 +182,8 @@ def rope_tables(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate-half RoPE in float32; x [..., T, n, Hd], cos/sin [..., T, 1, Hd]."""
   x32 = x.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
@@ -202,7 +203,7 @@ def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask, cache_k, cach
   if cfg.qk_norm:
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-  q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   if cache_k is not None:
     k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, 1)
     v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, 1)

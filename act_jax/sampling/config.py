@@ -20,7 +20,8 @@ class SamplingConfig:
     temperature: 0 means greedy (argmax).
     top_k: keep the k most likely tokens; 0 keeps all.
     top_p: keep the smallest set of most likely tokens whose mass reaches p.
-    eos_ids: tokens that end a sequence (kept in the output, finish "eos").
+    eos_ids: tokens that end a sequence (kept in the output, finish "eos");
+      None: the model config's (filled in by `Sampler`), () for none.
     stop_token_ids: token sequences that end a sequence when the output ends with
       one (kept in the output, finish "stop"); the text-level sampler adds the
       tokenisations of its stop strings here so the loop can exit early.
@@ -28,10 +29,15 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
-  eos_ids: tuple[int, ...] = ()
+  eos_ids: tuple[int, ...] | None = None
   stop_token_ids: tuple[tuple[int, ...], ...] = ()
 
   def __post_init__(self):
+    # Lists (e.g. from a ConfigDict) -> tuples, so the config stays hashable.
+    if self.eos_ids is not None:
+      object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
+    object.__setattr__(self, "stop_token_ids",
+                       tuple(tuple(int(i) for i in s) for s in self.stop_token_ids))
     if self.temperature < 0:
       raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
     if self.top_k < 0:

@@ -1,13 +1,17 @@
 """The pure functional sampler: prefill, a `while_loop` decode, and scoring.
 
-Everything here is a function of arrays plus static arguments (the model graphdef,
-a `SamplingConfig`, the mesh), so `Sampler` can jit it once per bucketed shape.
+Everything here is a function of arrays plus static arguments (the model, a
+`SamplingConfig`, shapes, the mesh), so callers jit it once per bucketed shape.
 
 Layout: prompts are left-padded to P, so every row's last prompt token sits in
 slot P-1 and all rows write new tokens to the same cache slot each step; RoPE
 positions come from the mask, so padding changes no real token's numerics. The
-KV cache has S >= P + max_new_tokens - 1 slots, and `kv_mask` (prompt mask, then
+KV cache has S >= P + max_new_tokens - 1 slots and `kv_mask` (prompt mask, then
 all ones) is fixed for the whole loop: causality by slot index hides the future.
+
+`model` arguments accept the decoder's graphdef (as `models.graphdef` builds it)
+or its `ModelConfig`; `params` the training pytree or `InferenceWeights` from
+`inference.prepare` (then the per-call weight copy is skipped).
 """
 from __future__ import annotations
 
@@ -16,18 +20,21 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from act_jax import sharding as shd
 from act_jax.models import decoder as dec
+from act_jax.models.config import ModelConfig
+from act_jax.sampling import inference
 from act_jax.sampling.config import EOS, LENGTH, STOP, SamplingConfig
+from act_jax.sampling.inference import InferenceWeights
 
 Params = Any
+Model = nnx.GraphDef | ModelConfig
 
 
 class DecodeState(NamedTuple):
   """The loop carry. N = prompts x samples; G = output buffer length."""
-  cache: dict[str, jax.Array]  # {"k","v"} [L, N, S, K, Hd]
+  cache: inference.Cache  # per layer (k, v) [N, K, S, Hd]
   kv_mask: jax.Array  # [N, S] bool
   rng: jax.Array  # key
   step: jax.Array  # int32 scalar: tokens generated so far (same for every row)
@@ -42,7 +49,7 @@ class DecodeState(NamedTuple):
 
 
 class Generation(NamedTuple):
-  """What `generate` returns (device arrays); rows grouped as prompt-major."""
+  """What `generate` returns (device arrays); rows grouped prompt-major."""
   tokens: jax.Array  # [N, G] int32, pad_id after `lengths`
   logprobs: jax.Array  # [N, G] float32, 0 after `lengths`
   model_logprobs: jax.Array  # [N, G] float32, 0 after `lengths`
@@ -51,17 +58,43 @@ class Generation(NamedTuple):
   decode_steps: jax.Array  # int32 scalar: while_loop iterations run
 
 
+def model_config(model: Model, params: Params) -> ModelConfig:
+  if isinstance(model, ModelConfig):
+    return model
+  if isinstance(params, InferenceWeights):
+    return params.cfg
+  return nnx.merge(model, params).cfg
+
+
+def inference_weights(model: Model, params: Params, mesh: Mesh | None = None
+                      ) -> InferenceWeights:
+  """`params` as `InferenceWeights`, preparing them (a copy) when needed."""
+  if isinstance(params, InferenceWeights):
+    return params
+  return inference.prepare(model_config(model, params), params, mesh)
+
+
 # ----------------------------------------------------------------------------
 # Token choice
 # ----------------------------------------------------------------------------
+def argmax(x: jax.Array) -> jax.Array:
+  """First index of the max along the last axis.
+
+  Two plain reductions instead of `jnp.argmax`'s variadic (value, index) reduce,
+  which XLA:CPU runs about 7x slower over a vocabulary-sized row.
+  """
+  top = jnp.max(x, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1)
+
+
 def sampling_logits(logits: jax.Array, cfg: SamplingConfig
                     ) -> tuple[jax.Array, jax.Array | None]:
   """Tempered logits restricted by top-k / top-p, as (values, vocab ids).
 
-  Returns ids=None when no restriction applies (values cover the whole
-  vocabulary); otherwise values [.., k] are sorted descending with the excluded
-  ones at -inf, so sampling stays a categorical over k candidates, not a
-  full-vocabulary sort per step.
+  ids=None when nothing is restricted (values cover the vocabulary); otherwise
+  values [..., k] are sorted descending with excluded ones at -inf, so sampling
+  is a categorical over k candidates rather than a full-vocabulary sort.
   """
   x = logits / cfg.temperature
   V = x.shape[-1]
@@ -78,24 +111,28 @@ def sampling_logits(logits: jax.Array, cfg: SamplingConfig
 
 def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """logits [N, V] -> (token, log-prob under the sampling dist, under the model)."""
+  """logits [N, V] -> (token, log-prob under the sampling dist, under the model).
+
+  Greedy's sampling log-prob is 0 (the distribution is a point mass).
+  """
   model_logp = jax.nn.log_softmax(logits, axis=-1)
   take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]
   if cfg.greedy:
-    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tok = argmax(logits)
     return tok, jnp.zeros(tok.shape, jnp.float32), take(model_logp, tok)
   values, ids = sampling_logits(logits, cfg)
-  j = jax.random.categorical(rng, values, axis=-1).astype(jnp.int32)
-  logp = take(jax.nn.log_softmax(values, axis=-1), j)
-  tok = j if ids is None else take(ids, j).astype(jnp.int32)
-  return tok, logp, take(model_logp, tok)
+  j = argmax(values + jax.random.gumbel(rng, values.shape, jnp.float32))  # = categorical
+  tok = j if ids is None else take(ids, j)
+  if ids is None and cfg.temperature == 1.0:  # the model's own distribution
+    return tok, take(model_logp, tok), take(model_logp, tok)
+  return tok, take(jax.nn.log_softmax(values, axis=-1), j), take(model_logp, tok)
 
 
-def _ends_with(tokens: jax.Array, step: jax.Array, seq: tuple[int, ...]) -> jax.Array:
-  """[N] bool: tokens[:, :step] ends with `seq` (step is the new length)."""
+def _ends_with(tokens: jax.Array, length: jax.Array, seq: tuple[int, ...]) -> jax.Array:
+  """[N] bool: tokens[:, :length] ends with `seq`."""
   m = len(seq)
-  window = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(step - m, 0), m, axis=1)
-  return (step >= m) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=1)
+  window = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(length - m, 0), m, axis=1)
+  return (length >= m) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=1)
 
 
 def _append(state: DecodeState, logits: jax.Array, cfg: SamplingConfig,
@@ -120,75 +157,58 @@ def _append(state: DecodeState, logits: jax.Array, cfg: SamplingConfig,
       done=state.done | is_eos | is_stop, finish=finish.astype(jnp.int32))
 
 
-# ----------------------------------------------------------------------------
-# Sharding helpers (no-ops without a mesh)
-# ----------------------------------------------------------------------------
-_CACHE_AXES = ("layers", "batch", None, "kv_heads", "head_dim")
-
-
-def _constrain(x: jax.Array, logical: tuple[str | None, ...], mesh: Mesh | None) -> jax.Array:
-  if mesh is None:
-    return x
-  spec = shd.spec_for(logical, x.shape, mesh)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
-def _constrain_rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+def _rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
   """Leading (batch) axis over the mesh's batch axes."""
-  return _constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
+  return inference.constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
 
 
 # ----------------------------------------------------------------------------
 # Prefill / decode / generate
 # ----------------------------------------------------------------------------
-def prefill(gdef: nnx.GraphDef, params: Params, prompt_tokens: jax.Array,
-            prompt_mask: jax.Array, rng: jax.Array, cfg: SamplingConfig, *,
-            n: int = 1, slots: int, pad_id: int = 0, mesh: Mesh | None = None
-            ) -> DecodeState:
+def prefill(model: Model, params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+            rng: jax.Array, cfg: SamplingConfig, *, n: int = 1, slots: int,
+            pad_id: int = 0, mesh: Mesh | None = None) -> DecodeState:
   """Runs the B left-padded prompts once, then forks each into n rows.
 
   The cache, mask and last-token logits are repeated after the forward pass, so a
-  GRPO group of n samples costs one prompt forward, not n. The first new token
-  is sampled here (independently per row).
+  GRPO group of n samples costs one prompt forward, not n. The first new token is
+  sampled here, independently per row; only the last position is projected onto
+  the vocabulary.
   """
-  model = nnx.merge(gdef, params)
-  mcfg = model.cfg
+  w = inference_weights(model, params, mesh)
   B, P = prompt_tokens.shape
   G = slots - P + 1
   mask = prompt_mask.astype(bool)
   kv_mask = jnp.concatenate([mask, jnp.ones((B, slots - P), bool)], axis=1)
-  cache = jax.tree.map(lambda c: _constrain(c, _CACHE_AXES, mesh),
-                       dec.init_cache(mcfg, B, slots))
-  h, cache = model.hidden(prompt_tokens, dec.positions_from_mask(mask), kv_mask, cache, 0)
-  logits = model.logits(h[:, -1])  # [B, V]: only the last position is sampled from
+  cache = inference.init_cache(w.cfg, B, slots, mesh)
+  h, cache = inference.forward(w, prompt_tokens, dec.positions_from_mask(mask), kv_mask,
+                               cache, 0)
+  logits = inference.logits(w, h[:, -1])  # [B, V]
   prompt_lens = jnp.sum(mask, axis=1, dtype=jnp.int32)
   if n > 1:
-    rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
-    cache = jax.tree.map(lambda c: _constrain(rep(c, 1), _CACHE_AXES, mesh), cache)
+    rep = lambda x: jnp.repeat(x, n, axis=0)
+    cache = jax.tree.map(lambda c: inference.constrain(rep(c), inference.CACHE_AXES, mesh),
+                         cache)
     kv_mask, logits, prompt_lens = rep(kv_mask), rep(logits), rep(prompt_lens)
   N = B * n
-  rows = lambda shape, value, dtype: _constrain_rows(jnp.full(shape, value, dtype), mesh)
+  rows = lambda shape, value, dtype: _rows(jnp.full(shape, value, dtype), mesh)
   state = DecodeState(
-      cache=cache, kv_mask=_constrain_rows(kv_mask, mesh), rng=rng,
-      step=jnp.zeros((), jnp.int32), last=rows((N,), 0, jnp.int32),
-      position=_constrain_rows(prompt_lens - 1, mesh),
+      cache=cache, kv_mask=_rows(kv_mask, mesh), rng=rng, step=jnp.zeros((), jnp.int32),
+      last=rows((N,), 0, jnp.int32), position=_rows(prompt_lens - 1, mesh),
       tokens=rows((N, G), pad_id, jnp.int32), logprobs=rows((N, G), 0, jnp.float32),
       model_logprobs=rows((N, G), 0, jnp.float32), done=rows((N,), False, bool),
       finish=rows((N,), LENGTH, jnp.int32), lengths=rows((N,), 0, jnp.int32))
   return _append(state, logits, cfg, pad_id)
 
 
-def decode(gdef: nnx.GraphDef, params: Params, state: DecodeState,
-           max_new_tokens: jax.Array | int, cfg: SamplingConfig, *, pad_id: int = 0
-           ) -> DecodeState:
-  """Feeds one token per step until every row is done or has max_new_tokens.
+def decode(model: Model, params: Params, state: DecodeState, max_new_tokens: jax.Array | int,
+           cfg: SamplingConfig, *, pad_id: int = 0, mesh: Mesh | None = None) -> DecodeState:
+  """Feeds one token per row per step until all rows are done or max_new_tokens.
 
-  One `lax.while_loop`: the cache is a loop carry updated in place, and the loop
-  exits as soon as all rows are done. `gdef` should be built with
-  scan_layers=False, so layers run unrolled and each writes its cache slice in
-  place instead of the scan re-stacking the whole cache every step.
+  One `lax.while_loop` whose carry holds the per-layer cache, updated in place;
+  it exits as soon as every row has ended.
   """
-  model = nnx.merge(gdef, params)
+  w = inference_weights(model, params, mesh)
   P = state.kv_mask.shape[1] - state.tokens.shape[1] + 1
   limit = jnp.minimum(jnp.asarray(max_new_tokens, jnp.int32), state.tokens.shape[1])
 
@@ -196,33 +216,34 @@ def decode(gdef: nnx.GraphDef, params: Params, state: DecodeState,
     return (st.step < limit) & ~jnp.all(st.done)
 
   def body(st: DecodeState) -> DecodeState:
-    h, cache = model.hidden(st.last[:, None], st.position[:, None], st.kv_mask, st.cache,
-                            P + st.step - 1)
-    return _append(st._replace(cache=cache), model.logits(h[:, 0]), cfg, pad_id)
+    h, cache = inference.forward(w, st.last[:, None], st.position[:, None], st.kv_mask,
+                                 st.cache, P + st.step - 1)
+    return _append(st._replace(cache=cache), inference.logits(w, h[:, 0]), cfg, pad_id)
 
   return jax.lax.while_loop(cond, body, state)
 
 
 def finalize(state: DecodeState) -> Generation:
-  """The loop state -> results; rows that ran out of budget finish as "length"."""
+  """The loop state -> results; rows still running finish as "length"."""
   return Generation(tokens=state.tokens, logprobs=state.logprobs,
                     model_logprobs=state.model_logprobs, lengths=state.lengths,
                     finish=state.finish, decode_steps=state.step - 1)
 
 
-def generate(gdef: nnx.GraphDef, params: Params, prompt_tokens: jax.Array,
-             prompt_mask: jax.Array, rng: jax.Array, cfg: SamplingConfig, *,
-             max_new_tokens: jax.Array | int, n: int = 1, slots: int, pad_id: int = 0,
-             mesh: Mesh | None = None) -> Generation:
-  """Prefill + decode in one program: [B, P] prompts -> B*n completions.
+def generate(model: Model, params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+             rng: jax.Array, cfg: SamplingConfig, *, max_new_tokens: jax.Array | int,
+             n: int = 1, slots: int, pad_id: int = 0, mesh: Mesh | None = None
+             ) -> Generation:
+  """Prefill + decode in one program: [B, P] left-padded prompts -> B*n completions.
 
-  Static: gdef, cfg, n, slots, pad_id, mesh. `slots` (KV cache size) bounds the
-  output at G = slots - P + 1 tokens; `max_new_tokens` (<= G) is traced, so
+  Static: model, cfg, n, slots, pad_id, mesh. `slots` (the KV cache size) bounds the
+  output at G = slots - P + 1 tokens; `max_new_tokens` (<= G) may be traced, so
   changing it within a bucket does not recompile.
   """
-  state = prefill(gdef, params, prompt_tokens, prompt_mask, rng, cfg, n=n, slots=slots,
+  w = inference_weights(model, params, mesh)
+  state = prefill(model, w, prompt_tokens, prompt_mask, rng, cfg, n=n, slots=slots,
                   pad_id=pad_id, mesh=mesh)
-  return finalize(decode(gdef, params, state, max_new_tokens, cfg, pad_id=pad_id))
+  return finalize(decode(model, w, state, max_new_tokens, cfg, pad_id=pad_id, mesh=mesh))
 
 
 # ----------------------------------------------------------------------------
@@ -232,14 +253,14 @@ def score(gdef: nnx.GraphDef, params: Params, tokens: jax.Array, mask: jax.Array
           num_targets: int) -> jax.Array:
   """Per-token log-likelihoods of the last `num_targets` positions of each row.
 
-  tokens/mask [N, T] are left-padded prompt+continuation, continuation last, so
-  the targets are tokens[:, T-C:] and their logits come from positions
-  [T-C-1, T-1). Only those C positions go through the vocabulary projection.
-  Returns [N, C] float32 (callers mask rows' shorter continuations).
+  tokens/mask [N, T] hold left-padded prompt+continuation, continuation last, so
+  the targets are tokens[:, T-C:], predicted from positions [T-C-1, T-1). Runs the
+  training decoder (same numerics as the loss) and projects only those C
+  positions onto the vocabulary. Returns [N, C] float32; callers mask off rows'
+  shorter continuations.
   """
   model = nnx.merge(gdef, params)
-  T = tokens.shape[1]
-  C = num_targets
+  T, C = tokens.shape[1], num_targets
   mask = mask.astype(bool)
   h, _ = model.hidden(tokens, dec.positions_from_mask(mask), mask)
   logp = jax.nn.log_softmax(model.logits(h[:, T - C - 1:T - 1]), axis=-1)
