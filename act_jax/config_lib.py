@@ -30,7 +30,12 @@ def base() -> ml_collections.ConfigDict:
       weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
       steps=100, batch_size=8, seq_len=64, accum_steps=1, loss="next_token",
-      log_every=1, eval_every=0, max_nonfinite=5))
+      log_every=1, eval_every=0,
+      # Stop after this many non-finite (skipped) updates in a row; 0 never stops.
+      max_nonfinite=5,
+      # Per-device peak TFLOP/s for the logged MFU (e.g. 989 H100 bf16 dense, 459 TPU
+      # v5p bf16); 0 leaves MFU out (model_tflops_per_s is always logged).
+      peak_tflops=0.0))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=50, keep=3, async_save=True, best_metric="", best_mode="max"))
   c.data = ml_collections.ConfigDict(dict(kind="synthetic"))

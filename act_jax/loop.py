@@ -5,6 +5,26 @@ optional `prepare` that turns a data batch into a loss batch — GRPO generates 
 there — and an optional evaluation). Everything else is shared: sharded state creation,
 restore-or-init, the compiled step, non-finite guards, logging, checkpoints and
 preemption handling.
+
+A run directory (`workdir`) holds:
+
+  metrics.jsonl          one JSON row per step: step, time, loss, grad_norm, skipped,
+                         nonfinite_total, step_time, tokens_per_s, mfu (with
+                         config.train.peak_tflops), ckpt_save_s, and the stage's own
+                         metrics (rewards, judgment accuracy, KL, entropy, ...)
+  tb/                    TensorBoard events of the same scalars
+  checkpoints/<step>/    Orbax steps (see act_jax.checkpoint): state/ (params,
+                         optimiser state, step, RNG key), data/ (iterator position),
+                         config/ (experiment + model config), loop/ (counters),
+                         metrics/ (the step's row; with config.checkpoint.best_metric)
+  checkpoints/<step>.orbax-checkpoint-tmp-*   a save in progress (deleted on restart)
+  checkpoints/<step>.incomplete|.unreadable   damaged steps set aside, never restored
+
+Rerunning the same command resumes from the newest readable step: same parameters,
+optimiser state, RNG key and data position, so the result equals an uninterrupted run
+(bitwise on CPU for the same device count). Rows logged after that step by the killed
+run are dropped from metrics.jsonl and TensorBoard. SIGTERM (preemption) saves the
+current step, waits for the write, and exits with status 143.
 """
 from __future__ import annotations
 
@@ -13,15 +33,15 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from act_jax import checkpoint, config_lib, metrics as metrics_lib, models, sharding, step as step_lib
+from act_jax import (checkpoint, config_lib, flops, metrics as metrics_lib, models, sharding,
+                     step as step_lib)
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +104,39 @@ def state_shardings(ctx: Context, optimizer: optax.GradientTransformation) -> An
 
 
 class _Preemption:
-  """Turns SIGTERM (what a TPU/spot preemption sends) into a flag the loop checks."""
+  """Turns SIGTERM (what a TPU/spot preemption sends) into a decision to save and exit.
+
+  One process: a handler (installed from the main thread) sets a flag the loop checks
+  after each step. Several processes: all must save the same step, so the decision is
+  JAX's preemption sync point, whose own SIGTERM notifier must not be replaced.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._flag = False
     self._old = None
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
+    if self._multi:
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._old = None
+    except ValueError:  # signal handlers can only be installed from the main thread
+      log.warning("loop.run is not on the main thread: SIGTERM will not save a checkpoint")
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._flag = True
+
+  def requested(self, step: int) -> bool:
+    if self._multi:
+      from jax.experimental import multihost_utils
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # preemption service disabled
+        return False
+    return self._flag
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -131,28 +168,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                   "stage": stage.name}
 
   ck = config.checkpoint
-  mgr = checkpoint.Manager(os.path.join(workdir, "checkpoints"), keep=ck.keep, every=ck.every,
+  ckpt_dir = os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR)
+  mgr = checkpoint.Manager(ckpt_dir, keep=ck.keep, every=ck.every,
                            best_metric=ck.best_metric or None, best_mode=ck.best_mode,
                            async_save=ck.async_save)
-  init = jax.jit(lambda p: step_lib.init_state(p, optimizer, config.seed),
-                 out_shardings=st_shard)
-  if mgr.latest_step() is not None:
-    _check_compatible(mgr, ctx.model_cfg, os.path.join(workdir, "checkpoints"))
-    abstract = checkpoint.abstract_like(
-        jax.eval_shape(init, models.abstract_params(ctx.model_cfg)), st_shard)
-    state, data_state, _ = mgr.restore(abstract)
-    batches.set_state(data_state)
-    log.info("%s: resumed from step %d", stage.name, int(state["step"]))
-  else:
-    params = init_params if init_params is not None else models.init_params(
-        ctx.model_cfg, config.seed, ctx.param_shardings)
-    state = init(params)
-
-  start = int(jax.device_get(state["step"]))
-  writer = metrics_lib.Writer(workdir, tc.steps, desc=stage.name, start_step=start)
-  step_fn = None
-  bad_in_row = 0
+  writer = None
   try:
+    init = jax.jit(lambda p: step_lib.init_state(p, optimizer, config.seed),
+                   out_shardings=st_shard)
+    nonfinite_total = 0
+    if mgr.latest_step() is not None:
+      abstract = checkpoint.abstract_like(
+          jax.eval_shape(init, models.abstract_params(ctx.model_cfg)), st_shard)
+      restored = mgr.restore(abstract, check_config=lambda saved: _check_compatible(
+          saved, ctx.model_cfg, ckpt_dir))
+      state = restored.state
+      batches.set_state(restored.data)
+      nonfinite_total = int(restored.loop.get("nonfinite_total", 0))
+      log.info("%s: resumed from step %d", stage.name, restored.step)
+    else:
+      params = init_params if init_params is not None else models.init_params(
+          ctx.model_cfg, config.seed, ctx.param_shardings)
+      state = init(params)
+
+    start = int(jax.device_get(state["step"]))
+    writer = metrics_lib.Writer(workdir, tc.steps, desc=stage.name, start_step=start)
+    peak_tflops = float(tc.get("peak_tflops", 0.0) or 0.0)
+    step_fn = None
+    bad_in_row = 0
+    save_seconds = None
     with _Preemption() as preempt:
       for step in range(start + 1, tc.steps + 1):
         t0 = time.perf_counter()
@@ -168,37 +212,62 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
           state, m = step_fn(state, device_batch)
         m = jax.device_get(m)
         dt = time.perf_counter() - t0
-        m.update(host_metrics, step_time=dt)
-        if "mask" in batch:
-          m["tokens_per_s"] = float(np.sum(batch["mask"])) * shard_count / dt
+        nonfinite_total += int(m["skipped"])
+        m.update(host_metrics, step_time=dt, nonfinite_total=nonfinite_total)
+        m.update(_throughput(batch, ctx.model_cfg, dt, peak_tflops, shard_count))
+        if save_seconds is not None:  # the previous step's checkpoint, blocking part
+          m["ckpt_save_s"], save_seconds = save_seconds, None
         bad_in_row = bad_in_row + 1 if m["skipped"] else 0
-        if bad_in_row >= tc.max_nonfinite:
-          raise FloatingPointError(
-              f"{stage.name} step {step}: loss or gradient non-finite for {bad_in_row} "
-              f"steps in a row (config.train.max_nonfinite={tc.max_nonfinite}); the last "
-              f"good checkpoint is step {mgr.latest_step()}")
         if tc.eval_every and step % tc.eval_every == 0:
           m.update(stage.evaluate(ctx, state["params"]))
         row = writer.write(step, m)
-        if preempt.requested:
-          mgr.save(step, state, batches.get_state(), saved_config, row, force=True)
-          mgr.close()
+        if tc.max_nonfinite > 0 and bad_in_row >= tc.max_nonfinite:
+          raise FloatingPointError(
+              f"{stage.name} step {step}: loss or gradient non-finite for {bad_in_row} "
+              f"steps in a row (config.train.max_nonfinite={tc.max_nonfinite}); the updates "
+              f"were skipped and the last checkpoint, step {mgr.latest_step()}, is intact")
+        preempted = preempt.requested(step)
+        if preempted or mgr.should_save(step) or step == tc.steps:
+          mgr.save(step, state, batches.get_state(), saved_config, row,
+                   {"nonfinite_total": nonfinite_total})
+          save_seconds = mgr.last_save_seconds
+        if preempted:
+          mgr.close()  # waits until the step is fully written
+          log.warning("%s: preempted (SIGTERM); saved step %d", stage.name, step)
           raise Preempted(step)
-        if mgr.should_save(step) or step == tc.steps:
-          mgr.save(step, state, batches.get_state(), saved_config, row, force=step == tc.steps)
   finally:
-    writer.close()
+    if writer is not None:
+      writer.close()
     mgr.close()
   return state
 
 
-def _check_compatible(mgr: checkpoint.Manager, model_cfg: models.ModelConfig, where: str):
-  saved = mgr.restore_config().get("model", {})
+def _throughput(batch: dict[str, np.ndarray], model_cfg: models.ModelConfig, seconds: float,
+                peak_tflops: float, shard_count: int = 1) -> dict[str, float]:
+  """tokens/s counts real (mask) tokens; MFU counts every position the model computes."""
+  out = {}
+  n = shard_count  # distinct process batch blocks (hosts sharing rows count once)
+  if "mask" in batch:
+    out["tokens_per_s"] = float(np.sum(batch["mask"])) * n / seconds
+  if "tokens" in batch and np.ndim(batch["tokens"]) == 2:
+    rows, length = np.shape(batch["tokens"])
+    step_flops = flops.flops_per_token(model_cfg, length) * rows * length * n
+    out["model_tflops_per_s"] = step_flops / seconds / 1e12
+    u = flops.mfu(step_flops, seconds, peak_tflops, jax.device_count())
+    if u is not None:
+      out["mfu"] = u
+  return out
+
+
+def _check_compatible(saved: dict, model_cfg: models.ModelConfig, where: str) -> None:
+  """Fails before training when the checkpoint holds a differently shaped model."""
+  saved_model = saved.get("model", {})
   now = model_cfg.to_dict()
   shape_fields = ("arch", "vocab_size", "hidden_size", "intermediate_size", "num_layers",
                   "num_heads", "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias",
                   "qk_norm")
-  diff = {f: (saved.get(f), now[f]) for f in shape_fields if saved.get(f) != now[f]}
+  diff = {f: (saved_model.get(f), now[f]) for f in shape_fields if saved_model.get(f) != now[f]}
   if diff:
-    raise ValueError(f"{where}: checkpoint does not match config.model "
-                     f"(field: (checkpoint, config)) {diff}")
+    raise checkpoint.CheckpointMismatchError(
+        f"{where}: checkpoint does not match config.model (field: (checkpoint, config)) "
+        f"{diff}; use a new --workdir or the checkpoint's model config")

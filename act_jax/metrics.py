@@ -1,4 +1,9 @@
-"""Run logging: JSON lines + TensorBoard events + a console progress bar (process 0 only)."""
+"""Run logging: JSON lines + TensorBoard events + a console progress bar (process 0 only).
+
+A resumed run restarts from its checkpoint's step, so the rows and events a killed run
+logged after that step would otherwise appear twice: `Writer(start_step=s)` drops them
+from metrics.jsonl and has TensorBoard discard them (`purge_step`).
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +14,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import tqdm
+
+
+_BAR_KEYS = ("loss", "reward", "accuracy", "tokens_per_s", "mfu", "nonfinite_total")
 
 
 def _scalar(v: Any) -> float | int:
@@ -29,9 +37,11 @@ class Writer:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _truncate_after(path, start_step)
+    self._jsonl = open(path, "a")
     from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
-    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=desc,
                           dynamic_ncols=True, disable=None)
 
@@ -45,7 +55,7 @@ class Writer:
       self._tb.add_scalar(k, v, int(step))
     self._bar.n = int(step)
     self._bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
-                           if k in ("loss", "reward", "accuracy", "tokens_per_s")}, refresh=False)
+                           if k in _BAR_KEYS}, refresh=False)
     self._bar.refresh()
     return row
 
@@ -54,6 +64,28 @@ class Writer:
       self._bar.close()
       self._tb.close()
       self._jsonl.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps rows up to `step` (atomically: a kill mid-way leaves the old file)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  keep = [l if l.endswith("\n") else l + "\n" for l in lines if _row_step(l) <= step]
+  if keep == lines:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def _row_step(line: str) -> int:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+    return 1 << 62
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
