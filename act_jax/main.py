@@ -23,6 +23,7 @@ import os
 import shutil
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -70,7 +71,13 @@ def env_splits(c: ml_collections.ConfigDict) -> dict[str, splits_lib.SplitSpec]:
   e = c.env
   if e.name == "twx":
     params = {**splits_lib.TWX_TRAIN_PARAMS, **dict(e.get("train_params", {}))}
-    return splits_lib.twx_splits(tuple(e.games), params)
+    out = splits_lib.twx_splits(tuple(e.games), params)
+    if not any(name.startswith("ood") for name in out):
+      # Games with no unseen-object or harder-size fold: their test-fold seeds.
+      out["ood_test_fold"] = splits_lib.SplitSpec(
+          "ood_test_fold", "twx", tuple(e.games), "test", "ood",
+          {g: params[g] for g in e.games if g in params})
+    return out
   if e.name == "scienceworld":
     return splits_lib.sciworld_splits(tuple(e.games) or splits_lib.SW_TRAIN_TASKS)
   raise ValueError(f"config.env.name: unknown env {e.name!r}")
@@ -262,17 +269,20 @@ class Pipeline:
     st = self.steps
     st["trajectories"] = workflow.run_step(
         "trajectories", self.path("trajectories"), {},
-        lambda d: make_trajectories(c, d), lambda r: json.dumps(r))
+        lambda d: make_trajectories(c, d), lambda r: json.dumps(r), config=c.env.to_dict())
     st["tokenizer"] = workflow.run_step(
         "tokenizer", self.path("tokenizer"), {"trajectories": st["trajectories"]},
-        lambda d: make_tokenizer(c, d, self.path("trajectories")))
+        lambda d: make_tokenizer(c, d, self.path("trajectories")),
+        config=[c.tokenizer.to_dict(), c.pipeline.model_dir])
     st["datasets"] = workflow.run_step(
         "datasets", self.path("datasets"),
         {"trajectories": st["trajectories"], "tokenizer": st["tokenizer"]},
         lambda d: make_datasets(c, d, self.path("trajectories"), self.path("tokenizer")),
-        lambda s: s)
-    st["base"] = workflow.run_step("base", self.path("base"), {"tokenizer": st["tokenizer"]},
-                                   self.train_base)
+        lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed])
+    st["base"] = workflow.run_step(
+        "base", self.path("base"), {"tokenizer": st["tokenizer"]}, self.train_base,
+        config=[c.stages.base.to_dict(), c.model.to_dict(), c.model_preset, c.seed,
+                c.data.max_state_tokens, c.prompts.to_dict(), c.env.to_dict()])
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
     for seed in range(c.pipeline.seeds):
       for v in variants(c):
@@ -283,14 +293,17 @@ class Pipeline:
             st[key] = workflow.run_step(
                 key, self.path(key), {"from": st[prev], "datasets": st["datasets"]},
                 lambda d, stage=stage, prev=prev, seed=seed: self.train_stage(
-                    stage, seed, self.path(prev), d))
+                    stage, seed, self.path(prev), d),
+                config=[c.stages[stage].to_dict(), c.grpo.to_dict(), c.reward.to_dict(),
+                        c.action_reward.to_dict(), c.optim.to_dict()])
           prev = key
         ev_key = f"s{seed}/eval_{v}"
         st[ev_key] = workflow.run_step(
             ev_key, self.path(ev_key), {"model": st[prev], "datasets": st["datasets"]},
             lambda d, prev=prev: self.evaluate(self.path(prev), d),
             lambda r: json.dumps({k: round(v.get("success_rate", v.get("accuracy", 0)), 3)
-                                  for k, v in r.items() if isinstance(v, dict)}))
+                                  for k, v in r.items() if isinstance(v, dict)}),
+            config=[c.eval.to_dict(), c.env.to_dict()])
         with open(os.path.join(self.path(ev_key), "eval.json")) as f:
           evals[v][seed] = json.load(f)["splits"]
     return self.write_results(evals)
@@ -413,6 +426,10 @@ def main(argv: Sequence[str]) -> None:
   del argv
   logging.basicConfig(level=logging.WARNING)
   distributed.initialize()
+  # Stages and variants compile the same programs again (sampler, scoring, same-shape
+  # steps): the persistent cache makes those repeats free.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   Pipeline(_CONFIG.value, _WORKDIR.value).run()
 
 

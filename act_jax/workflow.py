@@ -9,6 +9,7 @@ directory is cleared first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,11 +46,24 @@ class Step:
     return rec["id"]
 
 
+def fingerprint(*parts: Any) -> str:
+  """A short stable hash of the config pieces a step reads."""
+  blob = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_step(name: str, directory: str, deps: Mapping[str, Step],
-             fn: Callable[[str], Any], summary: Callable[[Any], str] | None = None) -> Step:
-  """Runs `fn(directory)` unless an up-to-date result is already there."""
+             fn: Callable[[str], Any], summary: Callable[[Any], str] | None = None,
+             config: Any = None) -> Step:
+  """Runs `fn(directory)` unless a result built from the same inputs is already there.
+
+  `config`: the settings the step reads; changing them redoes the step (and, through
+  its new id, everything downstream).
+  """
   step = Step(name, directory)
   want = {k: d.id for k, d in deps.items()}
+  if config is not None:
+    want["config"] = fingerprint(config)
   rec = step.record()
   if rec is not None and rec.get("deps") == want:
     log.info("[%s] up to date, skipped", name)

@@ -24,7 +24,7 @@ def get_config():
       train_per_game=60, heldout_per_game=10, max_steps=12, pool_size=4))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
   c.data = ml_collections.ConfigDict(dict(alternatives="admissible", k=2,
-                                          max_state_tokens=192))
+                                          max_state_tokens=256))
   c.prompts = ml_collections.ConfigDict(dict(
       # Short prompts: the model is tiny and sees only the last turns anyway.
       action_user="{state}\nNext action?", critic_user=(
