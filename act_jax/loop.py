@@ -84,6 +84,20 @@ class Context:
   workdir: str
 
 
+def setup_process(workdir: str) -> None:
+  """Per-process start-up shared by the entry points: quiet logs, a compile cache.
+
+  The persistent cache lives in the workdir, so a run resumed after preemption (and
+  every later stage of the pipeline) reuses the programs it already compiled.
+  """
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.basicConfig(level=logging.WARNING)
+  if "://" not in workdir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
   model_cfg = config_lib.model_config(config)
   mesh = sharding.make_mesh(config_lib.mesh_axes(config))

@@ -23,7 +23,6 @@ import os
 import shutil
 from typing import Any, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -424,12 +423,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  logging.basicConfig(level=logging.WARNING)
   distributed.initialize()
-  # Stages and variants compile the same programs again (sampler, scoring, same-shape
-  # steps): the persistent cache makes those repeats free.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, ".jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  loop.setup_process(_WORKDIR.value)  # stages and variants recompile the same programs
   Pipeline(_CONFIG.value, _WORKDIR.value).run()
 
 

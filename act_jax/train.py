@@ -5,7 +5,6 @@ latest complete checkpoint in DIR.
 """
 from __future__ import annotations
 
-import logging
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,8 +36,8 @@ class PretrainStage(loop.Stage):
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO)
   distributed.initialize()
+  loop.setup_process(_WORKDIR.value)
   config = _CONFIG.value
   state = loop.run(config, _WORKDIR.value, PretrainStage(config))
   del state
