@@ -82,6 +82,10 @@ def env_splits(c: ml_collections.ConfigDict) -> dict[str, splits_lib.SplitSpec]:
   raise ValueError(f"config.env.name: unknown env {e.name!r}")
 
 
+def make_pool(c: ml_collections.ConfigDict) -> EnvPool:
+  return EnvPool(c.env.name, c.env.pool_size, **c.env.get("env_kwargs", {}))
+
+
 def chain_key(seed: int, chain: Sequence[str]) -> str:
   """Where a chain of stages from the base model lives: "base", "s0/act", "s0/act_il"."""
   return f"s{seed}/" + "_".join(chain) if chain else "base"
@@ -102,7 +106,13 @@ def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
   """Expert gold paths: the train split for training, the eval splits for held-out states."""
   splits = env_splits(c)
   report = {}
-  with EnvPool(c.env.name, c.env.pool_size) as pool:
+  if c.pipeline.get("trajectories"):  # the user's expert data (e.g. public ALFWorld SFT sets)
+    from act_jax.data.importers import load_trajectories
+    trajs = load_trajectories(c.pipeline.trajectories.split(","), format="auto")
+    write_jsonl(os.path.join(out, "train.jsonl"), trajs)
+    report["train"] = {"trajectories": len(trajs), "source": c.pipeline.trajectories}
+    splits = {k: v for k, v in splits.items() if k != "train"}
+  with make_pool(c) as pool:
     for name, spec in splits.items():
       n = c.env.train_per_game if name == "train" else c.env.heldout_per_game
       trajs, failures, _ = expert_lib.generate(pool, spec.episodes(n), progress=False)
@@ -125,7 +135,7 @@ def random_rollouts(c: ml_collections.ConfigDict, n_per_game: int) -> list[tuple
     return acts
 
   spec = env_splits(c)["train"]
-  with EnvPool(c.env.name, c.env.pool_size) as pool:
+  with make_pool(c) as pool:
     rollout.run_episodes(recording, pool, spec.episodes(n_per_game), c.env.max_steps)
   return recorded
 
@@ -154,11 +164,15 @@ def make_datasets(c: ml_collections.ConfigDict, out: str, traj_dir: str, tok_dir
   tok = load_tokenizer(tok_dir)
   pcfg = prompt_config(c)
   alt = alt_lib.AlternativesConfig(source=c.data.alternatives, k=c.data.k, seed=c.seed)
+  # Alternatives from the *initial* policy (the paper's setting) need the model.
+  sample_fn = (build_lib.policy_sample_fn(c.pipeline.model_dir)
+               if c.data.alternatives == "policy" else None)
   lines = []
   for name in ["train"] + [s for s in env_splits(c) if s != "train"]:
     trajs = list(read_jsonl(os.path.join(traj_dir, f"{name}.jsonl")))
     rep = build_lib.build_datasets(trajs, tok, os.path.join(out, name), prompt_cfg=pcfg,
-                                   alt_cfg=alt, max_state_tokens=c.data.max_state_tokens)
+                                   alt_cfg=alt, max_state_tokens=c.data.max_state_tokens,
+                                   sample_fn=sample_fn)
     lines.append(f"{name}: trajectories={rep.trajectories} states={rep.states} "
                  f"pairs={rep.pairs} dropped={rep.drops.total}")
   return "; ".join(lines)
@@ -268,7 +282,8 @@ class Pipeline:
     st = self.steps
     st["trajectories"] = workflow.run_step(
         "trajectories", self.path("trajectories"), {},
-        lambda d: make_trajectories(c, d), lambda r: json.dumps(r), config=c.env.to_dict())
+        lambda d: make_trajectories(c, d), lambda r: json.dumps(r),
+        config=[c.env.to_dict(), c.pipeline.get("trajectories", "")])
     st["tokenizer"] = workflow.run_step(
         "tokenizer", self.path("tokenizer"), {"trajectories": st["trajectories"]},
         lambda d: make_tokenizer(c, d, self.path("trajectories")),
@@ -277,7 +292,8 @@ class Pipeline:
         "datasets", self.path("datasets"),
         {"trajectories": st["trajectories"], "tokenizer": st["tokenizer"]},
         lambda d: make_datasets(c, d, self.path("trajectories"), self.path("tokenizer")),
-        lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed])
+        lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed,
+                             c.pipeline.model_dir])
     st["base"] = workflow.run_step(
         "base", self.path("base"), {"tokenizer": st["tokenizer"]}, self.train_base,
         config=[c.stages.base.to_dict(), c.model.to_dict(), c.model_preset, c.seed,
@@ -360,7 +376,7 @@ class Pipeline:
     for mode in c.eval.modes:
       pol = policy_lib.ModelPolicy(self.sampler, params, self.tok, pcfg, mode=mode,
                                    max_state_tokens=c.data.max_state_tokens)
-      with EnvPool(c.env.name, c.env.pool_size) as pool:
+      with make_pool(c) as pool:
         res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps)
       for split, r in res.items():
         key = split if mode == c.eval.modes[0] else f"{split}[{mode}]"

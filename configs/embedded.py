@@ -18,13 +18,17 @@ from act_jax.stages import critic, grpo
 def get_config():
   c = config_lib.base()
   c.pipeline = ml_collections.ConfigDict(dict(
-      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=1, model_dir="", export=True))
+      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=1, model_dir="", trajectories="",
+      export=True))
   c.env = ml_collections.ConfigDict(dict(
       name="twx", games=["simonsays", "peckingorder"], train_params={},
-      train_per_game=60, heldout_per_game=10, max_steps=12, pool_size=4))
+      train_per_game=60, heldout_per_game=10, max_steps=12, pool_size=4,
+      # These games state the next action in the observation; the room description
+      # that `look` adds is noise that costs tokens.
+      env_kwargs=dict(observe_look_inventory=False)))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
   c.data = ml_collections.ConfigDict(dict(alternatives="admissible", k=2,
-                                          max_state_tokens=256))
+                                          max_state_tokens=128))
   c.prompts = ml_collections.ConfigDict(dict(
       # Short prompts: the model is tiny and sees only the last turns anyway.
       action_user="{state}\nNext action?", critic_user=(

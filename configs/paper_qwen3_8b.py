@@ -1,0 +1,46 @@
+"""The paper's setup: Qwen3-8B, ACT then IL / RL, on a TPU v5p slice.
+
+Trajectories are the public ALFWorld / WebShop / ScienceWorld agent-SFT sets in the
+conversation format (act_jax.data.importers), supplied by the user:
+    python -m act_jax.data.build --trajectories alfworld_sft.json --alternatives policy \
+        --model models/Qwen3-8B --k 4 --out data/alfworld
+    python -m act_jax.main --config configs/paper_qwen3_8b.py --workdir gs://BUCKET/act/qwen3_8b
+Values marked [V] are stated by the paper; [I] are our inference (the paper does not
+publish them) — treat them as starting points.
+"""
+import ml_collections
+
+from act_jax import config_lib
+from act_jax.stages import critic, grpo
+
+
+def get_config():
+  c = config_lib.base()
+  c.pipeline = ml_collections.ConfigDict(dict(
+      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=3,  # [I]
+      model_dir="models/Qwen3-8B", export=True,  # Qwen3-8B [V]
+      trajectories="data/scienceworld_sft.json"))  # public conversation-format set
+  c.env = ml_collections.ConfigDict(dict(
+      name="scienceworld", games=[], train_per_game=10, heldout_per_game=3, max_steps=50,
+      pool_size=16, env_kwargs=dict()))
+  c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=0))
+  c.data = ml_collections.ConfigDict(dict(alternatives="policy", k=4,  # K [I]
+                                          max_state_tokens=4096))  # [I]
+  c.prompts = ml_collections.ConfigDict(dict(
+      use_chat_template=True,
+      # Qwen3 thinking for the critic [I]; plain answers for actions [I].
+      action_chat_template_kwargs={"enable_thinking": False}))
+  c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True))
+  c.mesh_preset = "tpu_v5p_64"
+  c.grpo = grpo.default_config()  # G=8, beta=1e-3, eps 0.2/0.28, T=1.0 [I]
+  c.reward = critic.default_config().reward  # 1 correct / 0 wrong [V: "rewarded only for selecting correctly"]
+  c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
+                                                   malformed=-0.5))  # [S]
+  c.stages = ml_collections.ConfigDict(dict(
+      base=dict(steps=0, batch_size=32, lr=0.0, rollouts_per_game=0),
+      act=dict(steps=320, batch_size=32, lr=1e-6, warmup_steps=10),  # ~10k pairs [S], 1 epoch [I]
+      il=dict(steps=640, batch_size=32, lr=1e-5, warmup_steps=20),  # [I]
+      rl=dict(steps=320, batch_size=32, lr=1e-6, warmup_steps=10)))  # [I]
+  c.eval = ml_collections.ConfigDict(dict(modes=["generate"], episodes_per_game=20,
+                                          heldout_states=10000, critic_pairs=1000))
+  return c
