@@ -288,3 +288,13 @@ def test_one_compile_per_bucket():
   assert c.count == 0, c.names()
   s.generate(params, [[1] * 17, [2]], sampling=sampling, max_new_tokens=20)  # P=24, B=2
   assert c.count == 1, c.names()
+
+
+def test_gumbel_noise_uses_jax_random_bits():
+  key = jax.random.key(5)
+  hi, lo = jnp.zeros((3, 70), jnp.uint32), jnp.arange(210, dtype=jnp.uint32).reshape(3, 70)
+  b1, b2 = core._threefry2x32(*jax.random.key_data(key), hi, lo)
+  np.testing.assert_array_equal(b1 ^ b2, jax.random.bits(key, (3, 70)))
+  g = np.asarray(core.gumbel_noise(key, 2, (16, 5000)))
+  assert abs(g.mean() - np.euler_gamma) < 0.01 and abs(g.std() - np.pi / np.sqrt(6)) < 0.01
+  assert not np.allclose(g, np.asarray(core.gumbel_noise(key, 3, (16, 5000))))

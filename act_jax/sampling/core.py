@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -36,7 +37,7 @@ class DecodeState(NamedTuple):
   """The loop carry. N = prompts x samples; G = output buffer length."""
   cache: inference.Cache  # per layer (k, v) [N, K, S, Hd]
   kv_mask: jax.Array  # [N, S] bool
-  rng: jax.Array  # key
+  rng: jax.Array  # key; step s draws its noise from (rng, s)
   step: jax.Array  # int32 scalar: tokens generated so far (same for every row)
   last: jax.Array  # [N] token to feed next
   position: jax.Array  # [N] its RoPE position
@@ -109,23 +110,67 @@ def sampling_logits(logits: jax.Array, cfg: SamplingConfig
   return values, ids
 
 
-def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig
-                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _threefry2x32(k1, k2, x1, x2):
+  """Threefry-2x32 (20 rounds), the PRF behind `jax.random`, written out unrolled.
+
+  JAX lowers its threefry on CPU as a rolled 5-trip while loop; inside the decode
+  loop that nested loop cost more than the rest of a tiny model's step. Unrolled,
+  XLA fuses it into the elementwise pass over the logits.
+  """
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+  x1, x2 = x1 + ks[0], x2 + ks[1]
+  for i in range(5):
+    for r in rotations[i % 2]:
+      x1 = x1 + x2
+      x2 = x1 ^ ((x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r)))
+    x1, x2 = x1 + ks[(i + 1) % 3], x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x1, x2
+
+
+def gumbel_noise(rng: jax.Array, step: jax.Array | int, shape: tuple[int, int]) -> jax.Array:
+  """Gumbel(0, 1) noise for one decode step, a pure function of (key, step).
+
+  The bits are `jax.random.bits(key, shape)`'s (threefry-2x32 over an element
+  counter, partitionable, so sharding does not change them) with the step as the
+  counter's high word, so no key is split per step.
+  """
+  data = jax.random.key_data(rng)
+  if data.shape != (2,):  # another PRNG implementation: the library path
+    return jax.random.gumbel(jax.random.fold_in(rng, step), shape, jnp.float32)
+  N, V = shape
+  hi = jnp.full(shape, step, jnp.uint32)
+  lo = (jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * np.uint32(V)
+        + jax.lax.broadcasted_iota(jnp.uint32, shape, 1))
+  b1, b2 = _threefry2x32(data[0], data[1], hi, lo)
+  mantissa = ((b1 ^ b2) >> np.uint32(9)) | np.uint32(0x3F800000)  # 1.f in [1, 2)
+  u = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0
+  return -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(jnp.float32).tiny)))
+
+
+def log_prob(logits: jax.Array, idx: jax.Array) -> jax.Array:
+  """log_softmax(logits)[i, idx[i]] without materialising the [N, V] log-softmax."""
+  picked = jnp.take_along_axis(logits, idx[:, None], axis=-1)[:, 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig,
+                  step: jax.Array | int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """logits [N, V] -> (token, log-prob under the sampling dist, under the model).
 
-  Greedy's sampling log-prob is 0 (the distribution is a point mass).
+  Sampling is Gumbel-max with noise from (rng, step). Greedy's sampling log-prob
+  is 0 (the distribution is a point mass).
   """
-  model_logp = jax.nn.log_softmax(logits, axis=-1)
-  take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]
   if cfg.greedy:
     tok = argmax(logits)
-    return tok, jnp.zeros(tok.shape, jnp.float32), take(model_logp, tok)
+    return tok, jnp.zeros(tok.shape, jnp.float32), log_prob(logits, tok)
   values, ids = sampling_logits(logits, cfg)
-  j = argmax(values + jax.random.gumbel(rng, values.shape, jnp.float32))  # = categorical
-  tok = j if ids is None else take(ids, j)
+  j = argmax(values + gumbel_noise(rng, step, values.shape))  # = categorical
+  tok = j if ids is None else jnp.take_along_axis(ids, j[:, None], axis=-1)[:, 0]
+  model_logp = log_prob(logits, tok)
   if ids is None and cfg.temperature == 1.0:  # the model's own distribution
-    return tok, take(model_logp, tok), take(model_logp, tok)
-  return tok, take(jax.nn.log_softmax(values, axis=-1), j), take(model_logp, tok)
+    return tok, model_logp, model_logp
+  return tok, log_prob(values, j), model_logp
 
 
 def _ends_with(tokens: jax.Array, length: jax.Array, seq: tuple[int, ...]) -> jax.Array:
@@ -138,10 +183,9 @@ def _ends_with(tokens: jax.Array, length: jax.Array, seq: tuple[int, ...]) -> ja
 def _append(state: DecodeState, logits: jax.Array, cfg: SamplingConfig,
             pad_id: int) -> DecodeState:
   """Samples one token per row from logits [N, V] and records it."""
-  rng, key = jax.random.split(state.rng)
-  tok, logp, model_logp = choose_tokens(logits, key, cfg)
-  live = ~state.done
   s = state.step
+  tok, logp, model_logp = choose_tokens(logits, state.rng, cfg, s)
+  live = ~state.done
   tokens = state.tokens.at[:, s].set(jnp.where(live, tok, pad_id))
   logprobs = state.logprobs.at[:, s].set(jnp.where(live, logp, 0.0))
   model_logprobs = state.model_logprobs.at[:, s].set(jnp.where(live, model_logp, 0.0))
@@ -151,7 +195,7 @@ def _append(state: DecodeState, logits: jax.Array, cfg: SamplingConfig,
     is_stop = is_stop | _ends_with(tokens, s + 1, seq)
   finish = jnp.where(live & is_eos, EOS, jnp.where(live & is_stop, STOP, state.finish))
   return state._replace(
-      rng=rng, step=s + 1, last=tok, position=state.position + 1, tokens=tokens,
+      step=s + 1, last=tok, position=state.position + 1, tokens=tokens,
       logprobs=logprobs, model_logprobs=model_logprobs,
       lengths=jnp.where(live, s + 1, state.lengths),
       done=state.done | is_eos | is_stop, finish=finish.astype(jnp.int32))
