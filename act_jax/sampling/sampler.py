@@ -195,14 +195,15 @@ class Sampler:
     tokens, mask = left_pad(prompts, P, self.buckets.batch(B, self.batch_shards), self.pad_id)
     rng = jax.random.key(seed) if isinstance(seed, int) else seed
     out = _generate(self.cfg, params, self._put(tokens), self._put(mask), rng,
-                         cfg=sampling, max_new_tokens=max_new_tokens, n=n, slots=slots,
-                         pad_id=self.pad_id, mesh=self.mesh)
+                    cfg=sampling, max_new_tokens=max_new_tokens, n=n, slots=slots,
+                    pad_id=self.pad_id, mesh=self.mesh)
     rows, cols = B * n, max_new_tokens
     host = lambda x: to_host(x)[:rows, :cols] if x.ndim == 2 else to_host(x)[:rows]
+    steps = np.asarray(out.decode_steps.addressable_data(0))  # replicated scalar
     return Result(tokens=host(out.tokens), logprobs=host(out.logprobs),
-                 model_logprobs=host(out.model_logprobs), lengths=host(out.lengths),
-                 finish_reasons=[FINISH_REASONS[f] for f in host(out.finish)], n=n,
-                 pad_id=self.pad_id, decode_steps=int(out.decode_steps))
+                  model_logprobs=host(out.model_logprobs), lengths=host(out.lengths),
+                  finish_reasons=[FINISH_REASONS[f] for f in host(out.finish)], n=n,
+                  pad_id=self.pad_id, decode_steps=int(steps))
 
   def score(self, params: Params, prompts: Sequence[Sequence[int]],
             continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -224,7 +225,7 @@ class Sampler:
     tokens, mask = left_pad(rows, T, self.buckets.batch(len(rows), self.batch_shards),
                             self.pad_id)
     logp = to_host(_score(self.gdef, params, self._put(tokens), self._put(mask),
-                               num_targets=C))
+                          num_targets=C))
     return [logp[i, C - len(c):] if len(c) else logp[i, :0]
             for i, c in enumerate(continuations)]
 
