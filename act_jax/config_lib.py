@@ -60,3 +60,15 @@ def mesh_axes(c: ml_collections.ConfigDict) -> dict[str, int]:
 def sharding_rules(c: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
   return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
                for name, t in c.sharding_rules)
+
+
+def define_flags() -> None:
+  """`--config FILE[:ARG] [--config.x=y]` and `--workdir DIR` for the entry points.
+
+  Called from `if __name__ == "__main__"` only, so the modules stay importable together.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
+  flags.mark_flags_as_required(["config", "workdir"])

@@ -199,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
       state = restored.state
       batches.set_state(restored.data)
       nonfinite_total = int(restored.loop.get("nonfinite_total", 0))
-      log.info("%s: resumed from step %d", stage.name, restored.step)
+      print(f"[{stage.name}] resumed from step {restored.step}", flush=True)
     else:
       params = init_params if init_params is not None else models.init_params(
           ctx.model_cfg, config.seed, ctx.param_shardings)

@@ -26,9 +26,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from act_jax import distributed, loop, metrics, policy as policy_lib
+from act_jax import config_lib, distributed, loop, metrics, policy as policy_lib
 from act_jax import results as results_lib, rewards, workflow
 from act_jax.data import alternatives as alt_lib, build as build_lib, builders, examples
 from act_jax.data import pipeline as data_pipeline, prompts as prompts_lib
@@ -433,17 +432,15 @@ class Pipeline:
     return doc
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
   distributed.initialize()
-  loop.setup_process(_WORKDIR.value)  # stages and variants recompile the same programs
-  Pipeline(_CONFIG.value, _WORKDIR.value).run()
+  loop.setup_process(flags.FLAGS.workdir)  # stages and variants recompile the same programs
+  Pipeline(flags.FLAGS.config, flags.FLAGS.workdir).run()
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  config_lib.define_flags()
   app.run(main)

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from act_jax import distributed, loop
+from act_jax import config_lib, distributed, loop
 from act_jax.data.synthetic import SyntheticBatches
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
 
 
 class PretrainStage(loop.Stage):
@@ -29,7 +26,6 @@ class PretrainStage(loop.Stage):
     if c.data.kind != "synthetic":
       raise ValueError(f"config.data.kind={c.data.kind!r}: act_jax.train runs 'synthetic' "
                        "data; ACT/IL/RL stages run through act_jax.main")
-    from act_jax import config_lib
     return SyntheticBatches(config_lib.model_config(c).vocab_size, c.train.batch_size,
                             c.train.seq_len, c.seed, shard_index, shard_count)
 
@@ -37,12 +33,12 @@ class PretrainStage(loop.Stage):
 def main(argv):
   del argv
   distributed.initialize()
-  loop.setup_process(_WORKDIR.value)
-  config = _CONFIG.value
-  state = loop.run(config, _WORKDIR.value, PretrainStage(config))
+  loop.setup_process(flags.FLAGS.workdir)
+  config = flags.FLAGS.config
+  state = loop.run(config, flags.FLAGS.workdir, PretrainStage(config))
   del state
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  config_lib.define_flags()
   app.run(main)

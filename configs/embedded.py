@@ -35,7 +35,7 @@ def get_config():
           "{state}\nWhich action is better?\n{letter_a}: {action_a}\n{letter_b}: {action_b}"),
       use_chat_template=True))
   c.model.update(dict(arch="llama", vocab_size=1024, hidden_size=128, intermediate_size=384,
-                      num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
                       tie_embeddings=True, max_position_embeddings=512, rope_theta=10000.0))
   c.grpo = grpo.default_config()
   c.grpo.update(dict(group_size=8, max_new_tokens=16, beta=0.0, eval_batch_size=64))
@@ -43,11 +43,11 @@ def get_config():
   c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
                                                    malformed=-0.5))
   c.stages = ml_collections.ConfigDict(dict(
-      base=dict(steps=150, batch_size=32, lr=2e-3, warmup_steps=10, rollouts_per_game=60),
-      act=dict(steps=60, batch_size=16, lr=3e-4, warmup_steps=5, eval_every=0),
-      il=dict(steps=150, batch_size=32, lr=1e-3, warmup_steps=10),
-      rl=dict(steps=60, batch_size=16, lr=3e-4, warmup_steps=5, eval_every=0)))
-  c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=20,
-                                          heldout_states=200, critic_pairs=200))
+      base=dict(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, rollouts_per_game=40),
+      act=dict(steps=30, batch_size=8, lr=3e-4, warmup_steps=3, eval_every=0),
+      il=dict(steps=80, batch_size=16, lr=1e-3, warmup_steps=5),
+      rl=dict(steps=30, batch_size=8, lr=3e-4, warmup_steps=3, eval_every=0)))
+  c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=10,
+                                          heldout_states=60, critic_pairs=60))
   c.checkpoint.async_save = False
   return c
