@@ -228,7 +228,7 @@ class Pipeline:
     self.c, self.dir = config, workdir
     os.makedirs(workdir, exist_ok=True)
     self.steps: dict[str, workflow.Step] = {}
-    self._tok = self._ctx = self._sampler = None
+    self._tok = self._ctx = self._sampler = self._pool = None
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.dir, *parts)
@@ -266,6 +266,13 @@ class Pipeline:
     return self._ctx
 
   @property
+  def pool(self) -> EnvPool:
+    """One pool of environments (JVMs) for every evaluation of the run."""
+    if self._pool is None:
+      self._pool = make_pool(self.c)
+    return self._pool
+
+  @property
   def sampler(self) -> Sampler:
     if self._sampler is None:
       self._sampler = Sampler(self.ctx.model_cfg, self.ctx.mesh)
@@ -277,6 +284,14 @@ class Pipeline:
     return params
 
   def run(self) -> dict[str, Any]:
+    try:
+      return self._run()
+    finally:
+      if self._pool is not None:
+        self._pool.close()
+        self._pool = None
+
+  def _run(self) -> dict[str, Any]:
     c = self.c
     st = self.steps
     st["trajectories"] = workflow.run_step(
@@ -375,8 +390,7 @@ class Pipeline:
     for mode in c.eval.modes:
       pol = policy_lib.ModelPolicy(self.sampler, params, self.tok, pcfg, mode=mode,
                                    max_state_tokens=c.data.max_state_tokens)
-      with make_pool(c) as pool:
-        res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps)
+      res = rollout.evaluate(pol, self.pool, eval_specs, c.env.max_steps)
       for split, r in res.items():
         key = split if mode == c.eval.modes[0] else f"{split}[{mode}]"
         entry = report["splits"].setdefault(key, {})
