@@ -29,3 +29,4 @@ def get(name: str) -> LossFn:
 
 
 from act_jax.losses import supervised  # noqa: E402,F401  (registers its losses)
+from act_jax.losses import grpo  # noqa: E402,F401

@@ -1,0 +1,201 @@
+"""GRPO: the clipped policy-gradient loss on sampled completions, and group advantages.
+
+The loss batch holds G completions per prompt at fixed shapes: `tokens`/`mask`
+[N, P+C] (left-padded prompt, then the completion right-padded to C),
+`completion_mask` [N, C] (real completion tokens of the rows that count),
+`old_logps` [N, C] (the sampler's log-probs: the behaviour policy), `advantages` [N]
+and, only when beta > 0, `ref_logps` [N, C] from the frozen reference model.
+
+Per token, with r = exp(logp - old_logp) and advantage A:
+  pg = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))     (DAPO's asymmetric clip)
+  kl = exp(ref - logp) - (ref - logp) - 1                     (k3, Schulman; or k1:
+                                                               logp - ref, as Tunix's "kl")
+  loss = pg + beta kl
+aggregated as (sum, denominator) so the step's global division is exact under
+gradient accumulation and sharding:
+  token-mean                    sum of token losses / number of tokens (default, DAPO:
+                                every token weighs the same, so long reasoning is not
+                                down-weighted as in per-sequence means)
+  sequence-mean-token-mean      mean over sequences of each sequence's token mean
+                                (the original GRPO)
+  sequence-mean-token-sum-norm  mean over sequences of token sums / norm_len (Dr. GRPO)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from act_jax.losses import register
+from act_jax.models import positions_from_mask
+
+AGGREGATIONS = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-sum-norm")
+KL_ESTIMATORS = ("k3", "k1")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """Static settings of the loss (hashable: the step closes over them).
+
+  temperature: the sampler's; log-probs are computed from logits / temperature so the
+    ratio compares the same distribution the completions were drawn from.
+  norm_len: divisor of sequence-mean-token-sum-norm; 0 = the completion length C.
+  """
+  eps_low: float = 0.2
+  eps_high: float = 0.28
+  beta: float = 0.0
+  kl_estimator: str = "k3"
+  aggregation: str = "token-mean"
+  temperature: float = 1.0
+  norm_len: int = 0
+
+  def __post_init__(self):
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f"config.grpo.aggregation: {self.aggregation!r} is not one of "
+                       f"{AGGREGATIONS}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"config.grpo.kl_estimator: {self.kl_estimator!r} is not one of "
+                       f"{KL_ESTIMATORS}")
+    if self.temperature <= 0:
+      raise ValueError("config.grpo.temperature must be > 0 for training (greedy "
+                       "completions have no behaviour log-probs)")
+
+
+def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completion: int,
+                        temperature: float = 1.0, with_entropy: bool = False
+                        ) -> tuple[jax.Array, jax.Array | None]:
+  """Log-probs of the last `num_completion` tokens of each row, and their entropies.
+
+  Only those C positions go through the vocabulary projection (the prompt's logits
+  are never needed), and log p = logit[target] - logsumexp(logits) never builds the
+  full [N, C, V] log-softmax. Entropy is a metric: no gradient flows through it.
+  """
+  T, C = tokens.shape[1], num_completion
+  mask = mask.astype(bool)
+  h, _ = model.hidden(tokens, positions_from_mask(mask), mask)
+  logits = model.logits(h[:, T - C - 1:T - 1])
+  if temperature != 1.0:
+    logits = logits / temperature
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  target = jnp.take_along_axis(logits, tokens[:, T - C:, None], axis=-1)[..., 0]
+  entropy = None
+  if with_entropy:
+    sg = jax.lax.stop_gradient(logits)
+    lse_sg = jax.lax.stop_gradient(lse)
+    entropy = lse_sg - jnp.sum(jax.nn.softmax(sg, axis=-1) * sg, axis=-1)
+  return target - lse, entropy
+
+
+def _masked_mean(x: jax.Array, w: jax.Array) -> jax.Array:
+  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+@register("grpo")
+def grpo_loss(model, batch: dict[str, jax.Array], cfg: GRPOConfig | None = None):
+  """The GRPO loss as (sum, denominator, metrics); see the module docstring."""
+  cfg = cfg or GRPOConfig()
+  C = batch["completion_mask"].shape[1]
+  logp, entropy = completion_logprobs(model, batch["tokens"], batch["mask"], C,
+                                      cfg.temperature, with_entropy=True)
+  total, denom, metrics = policy_objective(logp, batch, cfg)
+  # Diagnostics cover every sampled token, filtered groups included.
+  real = batch["mask"][:, -C:].astype(jnp.float32)
+  metrics["entropy"] = _masked_mean(entropy, real)
+  return total, denom, metrics
+
+
+def policy_objective(logp: jax.Array, batch: dict[str, jax.Array], cfg: GRPOConfig
+                     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """The clipped surrogate (+ KL) on per-token log-probs [N, C]: (sum, denom, metrics)."""
+  w = batch["completion_mask"].astype(jnp.float32)
+  C = w.shape[1]
+  real = batch["mask"][:, -C:].astype(jnp.float32)
+  adv = batch["advantages"][:, None].astype(jnp.float32)
+  log_ratio = logp - batch["old_logps"]
+  ratio = jnp.exp(log_ratio)
+  pg1 = -adv * ratio
+  pg2 = -adv * jnp.clip(ratio, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
+  per_token = jnp.maximum(pg1, pg2)
+  f32 = lambda x: x.astype(jnp.float32)
+  metrics = {
+      "pg_loss": _masked_mean(per_token, w),
+      "clip_frac": _masked_mean(f32(pg2 > pg1), w),
+      "clip_frac_low": _masked_mean(f32((ratio < 1.0 - cfg.eps_low) & (adv < 0)), w),
+      "clip_frac_high": _masked_mean(f32((ratio > 1.0 + cfg.eps_high) & (adv > 0)), w),
+      # Sampler vs trainer: zero up to numerics on the first of the mu updates.
+      "logp_abs_diff": _masked_mean(jnp.abs(jax.lax.stop_gradient(log_ratio)), real),
+      "n_loss_tokens": jnp.sum(w),
+      "n_seqs": jnp.sum(jnp.sum(w, axis=1) > 0).astype(jnp.float32),
+  }
+  if cfg.beta > 0:
+    kl = kl_penalty(logp, batch["ref_logps"], cfg.kl_estimator)
+    per_token = per_token + cfg.beta * kl
+    metrics["kl"] = _masked_mean(jax.lax.stop_gradient(kl), real)
+  total, denom = aggregate(per_token, w, cfg)
+  return total, denom, metrics
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
+  """Per-token KL(pi || ref) estimate on samples from pi: k3 >= 0 (low variance) or k1."""
+  d = ref_logp - logp
+  if estimator == "k3":
+    return jnp.exp(d) - d - 1.0
+  return -d
+
+
+def aggregate(per_token: jax.Array, w: jax.Array, cfg: GRPOConfig
+              ) -> tuple[jax.Array, jax.Array]:
+  """(sum, denominator) of the configured aggregation; see the module docstring."""
+  if cfg.aggregation == "token-mean":
+    return jnp.sum(per_token * w), jnp.sum(w)
+  n = jnp.sum(w, axis=1)
+  seq_sum = jnp.sum(per_token * w, axis=1)
+  if cfg.aggregation == "sequence-mean-token-mean":
+    seq = seq_sum / jnp.maximum(n, 1.0)
+  else:
+    seq = seq_sum / float(cfg.norm_len or w.shape[1])
+  return jnp.sum(seq), jnp.sum(n > 0).astype(jnp.float32)
+
+
+# --- Advantage estimators (host side, on a [prompts, G] reward table) --------------
+
+AdvantageFn = Callable[[np.ndarray], np.ndarray]
+_ADVANTAGES: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+  def deco(fn: AdvantageFn) -> AdvantageFn:
+    _ADVANTAGES[name] = fn
+    return fn
+  return deco
+
+
+def get_advantage(name: str) -> AdvantageFn:
+  if name not in _ADVANTAGES:
+    raise ValueError(f"config.grpo.advantage: unknown estimator {name!r}; "
+                     f"known: {sorted(_ADVANTAGES)}")
+  return _ADVANTAGES[name]
+
+
+@register_advantage("grpo")
+def group_normalized(rewards: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+  """(r - group mean) / (group std + eps), std over the group (ddof 0)."""
+  r = np.asarray(rewards, np.float64)
+  out = (r - r.mean(axis=1, keepdims=True)) / (r.std(axis=1, keepdims=True) + eps)
+  return out.astype(np.float32)
+
+
+@register_advantage("dr_grpo")
+def group_centered(rewards: np.ndarray) -> np.ndarray:
+  """r - group mean: Dr. GRPO drops the std division (it up-weights near-solved groups)."""
+  r = np.asarray(rewards, np.float64)
+  return (r - r.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def zero_variance_groups(rewards: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+  """[prompts] bool: every completion of the group earned the same reward."""
+  r = np.asarray(rewards)
+  return (r.max(axis=1) - r.min(axis=1)) <= tol

@@ -1,0 +1,293 @@
+"""GRPO as a `loop.Stage`: prompts -> G samples each -> rewards -> advantages -> loss batch.
+
+The shared loop calls `prepare` on every data batch; here it generates G completions
+per prompt with the current parameters, scores them with a registered reward, turns
+the rewards into group advantages and lays everything out at fixed shapes for the
+registered `grpo` loss, which the one shared train step (`act_jax.step`) optimises
+with `updates_per_batch` (mu) minibatch updates. Stages differ only in data and
+reward: ACT's critic stage (`stages.critic`) uses the pairwise-judgment reward, and
+stage-3 RL on next-action generation is this same class with the action reward:
+
+  GRPOStage(config, train_source=imitation_records, reward=rewards.make("action"),
+            detokenize=tok.decode, name="rl_action")
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from act_jax import loop, models, rewards as rewards_lib, sharding
+from act_jax.data import pipeline
+from act_jax.losses import grpo as grpo_loss
+from act_jax.sampling import Result, Sampler, SamplingConfig
+
+Params = models.Params
+Detokenize = Callable[[Sequence[int]], str]
+Reference = Callable[[loop.Context], Params]
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `grpo` section. [I] = our inference: the ACT paper states none of these."""
+  return ml_collections.ConfigDict(dict(
+      group_size=8,  # G completions per prompt [I: the usual GRPO choice].
+      updates_per_batch=1,  # mu: on-policy, one update per generation batch [I].
+      max_new_tokens=1024,  # reasoning budget; a cut-off answer is a format error [I].
+      temperature=1.0, top_k=0, top_p=1.0,  # sample the model's own distribution [I].
+      eps_low=0.2, eps_high=0.28,  # DAPO clip-higher keeps exploration alive [I].
+      beta=1e-3,  # KL to the initial model; 0 loads no reference model [I].
+      kl_estimator="k3",
+      aggregation="token-mean",  # DAPO: long reasoning is not down-weighted [I].
+      advantage="grpo",  # (r - mean) / std; "dr_grpo": r - mean.
+      filter_zero_variance=True,  # groups that all agree carry no signal: masked out.
+      eval_batch_size=64,  # held-out prompts per greedy evaluation batch (global).
+      eos_ids=[],  # empty: the model config's eos_token_id.
+      pad_id=-1,  # -1: the model config's pad_token_id, else 0.
+  ))
+
+
+def loss_config(g: ml_collections.ConfigDict) -> grpo_loss.GRPOConfig:
+  return grpo_loss.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
+                              kl_estimator=g.kl_estimator, aggregation=g.aggregation,
+                              temperature=g.temperature)
+
+
+# --- Generation ---------------------------------------------------------------------
+
+
+def host_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in global order."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  shards = {}
+  for s in x.addressable_shards:
+    shards.setdefault(s.index[0].start or 0, np.asarray(s.data))
+  return np.concatenate([shards[k] for k in sorted(shards)], axis=0)
+
+
+class Rollout:
+  """G samples per prompt from the current parameters, through `sampling.Sampler`.
+
+  Each process passes its own (padded) prompt rows; the sampler runs on the global
+  batch and each process keeps the completions of its rows.
+  """
+
+  def __init__(self, ctx: loop.Context, sampling: SamplingConfig, max_new_tokens: int,
+               pad_id: int):
+    self.sampler = Sampler(ctx.model_cfg, ctx.mesh, pad_id=pad_id)
+    self.sampling, self.max_new_tokens = sampling, max_new_tokens
+
+  def __call__(self, params: Params, tokens: np.ndarray, mask: np.ndarray, rng: jax.Array,
+               n: int, greedy: bool = False) -> Result:
+    mine = len(tokens)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      tokens, mask = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                      for x in (tokens, mask))
+    sampling = dataclasses.replace(self.sampling, temperature=0.0) if greedy else self.sampling
+    out = self.sampler.generate(params, [row[m].tolist() for row, m in zip(tokens, mask)],
+                                sampling=sampling, max_new_tokens=self.max_new_tokens, n=n,
+                                seed=rng)
+    if jax.process_count() > 1:
+      rows = slice(jax.process_index() * mine * n, (jax.process_index() + 1) * mine * n)
+      out = dataclasses.replace(
+          out, tokens=out.tokens[rows], logprobs=out.logprobs[rows],
+          model_logprobs=out.model_logprobs[rows], lengths=out.lengths[rows],
+          finish_reasons=out.finish_reasons[rows])
+    return out
+
+
+# --- The loss batch -------------------------------------------------------------------
+
+
+def build_loss_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                     comp: Result, advantages: np.ndarray, keep: np.ndarray
+                     ) -> dict[str, np.ndarray]:
+  """The `grpo` loss's inputs at fixed shapes [N, P + C] / [N, C] / [N].
+
+  Each prompt (left-padded) is repeated for its n samples and followed by its
+  completion (right-padded), so token positions match what the sampler saw. Rows
+  with keep=False (filtered groups) keep their tokens but no loss weight.
+  """
+  n = comp.tokens.shape[0] // prompt_tokens.shape[0]
+  C = comp.tokens.shape[1]
+  real = np.arange(C)[None, :] < comp.lengths[:, None]
+  tokens = np.concatenate([np.repeat(prompt_tokens, n, axis=0), comp.tokens], axis=1)
+  mask = np.concatenate([np.repeat(prompt_mask.astype(bool), n, axis=0), real], axis=1)
+  return {"tokens": tokens.astype(np.int32), "mask": mask,
+          "completion_mask": real & np.asarray(keep, bool)[:, None],
+          "old_logps": np.where(real, comp.logprobs, 0.0).astype(np.float32),
+          "advantages": np.asarray(advantages, np.float32)}
+
+
+def group_advantages(rewards: np.ndarray, group_size: int, estimator: str,
+                     filter_zero_variance: bool) -> tuple[np.ndarray, np.ndarray, int]:
+  """[N] rewards -> ([N] advantages, [N] keep, number of zero-variance groups)."""
+  table = np.asarray(rewards, np.float32).reshape(-1, group_size)
+  adv = grpo_loss.get_advantage(estimator)(table).reshape(-1)
+  zero = grpo_loss.zero_variance_groups(table)
+  keep = np.repeat(~zero, group_size) if filter_zero_variance else np.ones(adv.shape, bool)
+  return adv, keep, int(zero.sum())
+
+
+# --- The stage ------------------------------------------------------------------------
+
+
+class GRPOStage(loop.Stage):
+  """GRPO on prompts from `train_source`, scored by `reward`.
+
+  Args:
+    config: the experiment config (sections `train`, `grpo`, `seed`).
+    train_source: random-access prompt records (`prompt_ids` + the reward's fields),
+      e.g. the critic or imitation records of `act_jax.data`.
+    reward: `(texts, meta) -> rewards.Scores`, e.g. `rewards.make("judgment")`.
+    detokenize: completion token ids (without padding) -> text.
+    eval_source: held-out records; `evaluate` decodes them greedily.
+    reference: the frozen KL reference, as params or `ctx -> params` (loaded only
+      when beta > 0); default: the parameters of step 0 (an error on resume).
+    name: the stage's name in logs and checkpoints.
+  """
+  name = "grpo"
+  loss = "grpo"
+
+  def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
+               reward: rewards_lib.RewardFn, detokenize: Detokenize,
+               eval_source: Any = None, reference: Params | Reference | None = None,
+               name: str | None = None):
+    self.config, self.g = config, config.grpo
+    self.name = name or self.name
+    self.loss_cfg = loss_config(self.g)
+    self.updates_per_batch = int(self.g.updates_per_batch)
+    self.train_source, self.eval_source = train_source, eval_source
+    self.reward, self.detokenize = reward, detokenize
+    self._reference = reference
+    self._ref_params = None
+    self._ref_fn = None
+    self._rollout: Rollout | None = None
+
+  # -- data --
+  def batches(self, shard_index: int, shard_count: int) -> loop.Batches:
+    return pipeline.make_batches(
+        self.train_source, batch_size=self._per_process(self.config.train.batch_size,
+                                                        shard_count),
+        seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
+        shard_index=shard_index, shard_count=shard_count, meta=True)
+
+  @staticmethod
+  def _per_process(global_size: int, shard_count: int) -> int:
+    if global_size % shard_count:
+      raise ValueError(f"batch size {global_size} is not divisible by the {shard_count} "
+                       "processes")
+    return global_size // shard_count
+
+  def _pad_id(self, ctx: loop.Context | None) -> int:
+    if self.g.pad_id >= 0:
+      return int(self.g.pad_id)
+    pad = ctx.model_cfg.pad_token_id if ctx is not None else None
+    if pad is None:
+      from act_jax import config_lib  # the model config, before a context exists
+      pad = config_lib.model_config(self.config).pad_token_id
+    return int(pad or 0)
+
+  def rollout(self, ctx: loop.Context) -> Rollout:
+    if self._rollout is None:
+      g = self.g
+      sampling = SamplingConfig(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                                eos_ids=tuple(g.eos_ids) or None)
+      self._rollout = Rollout(ctx, sampling, int(g.max_new_tokens), self._pad_id(ctx))
+    return self._rollout
+
+  # -- generation, scoring, loss batch --
+  def prepare(self, ctx: loop.Context, state: dict[str, Any], batch: dict[str, Any]
+              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    G = int(self.g.group_size)
+    t0 = time.perf_counter()
+    step = int(jax.device_get(state["step"]))
+    rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
+    comp = self.rollout(ctx)(state["params"], batch["tokens"], batch["mask"], rng, n=G)
+    t_gen = time.perf_counter() - t0
+    texts = self._texts(comp)
+    meta = {k: [v for v in vals for _ in range(G)] for k, vals in batch["meta"].items()}
+    scores = self.reward(texts, meta)
+    adv, keep, n_zero = group_advantages(scores.reward, G, self.g.advantage,
+                                         self.g.filter_zero_variance)
+    out = build_loss_batch(batch["tokens"], batch["mask"], comp, adv, keep)
+    t_ref = 0.0
+    if self.loss_cfg.beta > 0:
+      t1 = time.perf_counter()
+      out["ref_logps"] = self.reference_logps(ctx, state, out)
+      t_ref = time.perf_counter() - t1
+    n_groups = len(scores.reward) // G
+    metrics = {
+        **rewards_lib.summarize(scores),
+        "reward_std": float(np.std(scores.reward)),
+        "response_len": float(np.mean(comp.lengths)),
+        "truncated_frac": float(np.mean([f == "length" for f in comp.finish_reasons])),
+        "zero_var_group_frac": n_zero / max(n_groups, 1),
+        "advantage_abs": float(np.mean(np.abs(adv[keep]))) if keep.any() else 0.0,
+        "gen_s": t_gen, "ref_s": t_ref,
+        "gen_tokens_per_s": float(np.sum(comp.lengths)) / max(t_gen, 1e-9),
+    }
+    return out, metrics
+
+  def _texts(self, comp: Result) -> list[str]:
+    return [self.detokenize(row[:n].tolist()) for row, n in zip(comp.tokens, comp.lengths)]
+
+  def reference_logps(self, ctx: loop.Context, state: dict[str, Any],
+                      batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per-token log-probs of the completions under the frozen reference model."""
+    if self._ref_params is None:
+      self._ref_params = self._load_reference(ctx, state)
+      C = batch["completion_mask"].shape[1]
+      gdef, temp = ctx.gdef, self.loss_cfg.temperature
+      self._ref_fn = jax.jit(lambda p, t, m: grpo_loss.completion_logprobs(
+          nnx.merge(gdef, p), t, m, C, temp)[0])
+    dev = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, ctx.mesh)
+    return host_rows(self._ref_fn(self._ref_params, dev["tokens"], dev["mask"]))
+
+  def _load_reference(self, ctx: loop.Context, state: dict[str, Any]) -> Params:
+    ref = self._reference
+    if callable(ref):
+      ref = ref(ctx)
+    if ref is not None:
+      return ref
+    if int(jax.device_get(state["step"])) != 0:
+      raise ValueError(
+          f"{self.name}: grpo.beta={self.loss_cfg.beta} needs the reference (initial) "
+          "model, but the run resumed past step 0; pass GRPOStage(reference=...)")
+    # The step donates the state, so the reference must be a copy, not an alias.
+    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=ctx.param_shardings)
+    return copy(state["params"])
+
+  # -- evaluation --
+  def evaluate(self, ctx: loop.Context, params: Params) -> dict[str, float]:
+    """Greedy decoding on the held-out prompts: reward, accuracy, format errors."""
+    if self.eval_source is None:
+      return {}
+    rollout = self.rollout(ctx)
+    sums = np.zeros(5)  # reward, correct, malformed, length, count
+    for batch in self.eval_batches():
+      comp = rollout(params, batch["tokens"], batch["mask"], jax.random.key(0), n=1,
+                     greedy=True)
+      s = self.reward(self._texts(comp), batch["meta"])
+      sums += [s.reward.sum(), s.correct.sum(), s.malformed.sum(), comp.lengths.sum(),
+               len(s.reward)]
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      sums = np.asarray(multihost_utils.process_allgather(sums)).sum(axis=0)
+    n = max(sums[4], 1.0)
+    return {"eval_reward": sums[0] / n, "eval_accuracy": sums[1] / n,
+            "eval_format_error_rate": sums[2] / n, "eval_response_len": sums[3] / n}
+
+  def eval_batches(self) -> Iterable[dict[str, Any]]:
+    count = jax.process_count()
+    return pipeline.make_batches(
+        self.eval_source, batch_size=self._per_process(int(self.g.eval_batch_size), count),
+        seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
+        shard_index=jax.process_index(), shard_count=count, num_epochs=1, meta=True)

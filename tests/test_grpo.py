@@ -1,0 +1,226 @@
+"""The GRPO loss and advantages against a straightforward NumPy implementation, and
+its gradient on an 8-device mesh against one device."""
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from act_jax import losses, sharding
+from act_jax.losses import grpo
+from act_jax.models import (ModelConfig, abstract_params, graphdef, init_params, logical_axes,
+                            positions_from_mask)
+from act_jax.sampling import Result
+from act_jax.stages import grpo as grpo_stage
+
+CFG = ModelConfig(arch="qwen3", vocab_size=32, hidden_size=32, intermediate_size=64,
+                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True,
+                  tie_embeddings=False)
+PROMPTS, G, P, C = 2, 4, 5, 6
+
+
+# --- NumPy reference -------------------------------------------------------------------
+
+
+def np_advantages(rewards, std):
+  out = np.zeros_like(rewards, dtype=np.float64)
+  for i, group in enumerate(rewards):
+    mean = sum(group) / len(group)
+    sd = (sum((r - mean) ** 2 for r in group) / len(group)) ** 0.5
+    for j, r in enumerate(group):
+      out[i, j] = (r - mean) / (sd + 1e-6) if std else r - mean
+  return out
+
+
+def np_token_loss(logp, old, adv, ref, eps_low, eps_high, beta):
+  ratio = np.exp(logp - old)
+  unclipped = -adv * ratio
+  clipped = -adv * min(max(ratio, 1 - eps_low), 1 + eps_high)
+  loss = max(unclipped, clipped)
+  if beta:
+    loss += beta * (np.exp(ref - logp) - (ref - logp) - 1)
+  return loss, clipped > unclipped
+
+
+def np_grpo(logp, old, adv, ref, w, cfg):
+  """Returns (loss, clip fraction) by loops over rows and tokens."""
+  per_seq, n_tok, total, clips = [], 0, 0.0, 0
+  for i in range(logp.shape[0]):
+    s, n = 0.0, 0
+    for t in range(logp.shape[1]):
+      if w[i, t]:
+        l, c = np_token_loss(logp[i, t], old[i, t], adv[i], ref[i, t], cfg.eps_low,
+                             cfg.eps_high, cfg.beta)
+        s, n, clips = s + l, n + 1, clips + c
+    total, n_tok = total + s, n_tok + n
+    if n:
+      per_seq.append(s / n if cfg.aggregation == "sequence-mean-token-mean"
+                     else s / logp.shape[1])
+  if cfg.aggregation == "token-mean":
+    return total / n_tok, clips / n_tok
+  return sum(per_seq) / len(per_seq), clips / n_tok
+
+
+@jax.jit
+def _full_logits(params, tokens, mask):
+  return nnx.merge(graphdef(CFG), params)(tokens, positions_from_mask(mask), mask)[0]
+
+
+def np_completion_logps(params, tokens, mask):
+  """From the plain full forward: log_softmax of every position, gathered."""
+  logits = np.asarray(_full_logits(params, tokens, mask), np.float64)
+  T = tokens.shape[1]
+  out = np.zeros((tokens.shape[0], C))
+  for i in range(tokens.shape[0]):
+    for j in range(C):
+      row = logits[i, T - C - 1 + j]
+      out[i, j] = row[tokens[i, T - C + j]] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+  return out
+
+
+# --- A random batch ----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _params():
+  return init_params(CFG, 0)
+
+
+def random_batch(seed=0, filter_zero_variance=True, estimator="grpo"):
+  """2 prompts x 4 samples; the second group's rewards all agree (zero variance).
+
+  Returns (params, batch, logp of the completions under params, rewards).
+  """
+  rng = np.random.default_rng(seed)
+  prompt_len = np.array([5, 3])
+  prompt_tokens = np.zeros((PROMPTS, P), np.int32)
+  prompt_mask = np.zeros((PROMPTS, P), bool)
+  for i, n in enumerate(prompt_len):
+    prompt_tokens[i, P - n:] = rng.integers(1, CFG.vocab_size, n)
+    prompt_mask[i, P - n:] = True
+  lengths = np.array([6, 1, 5, 3, 6, 5, 3, 6], np.int32)
+  comp_tokens = rng.integers(1, CFG.vocab_size, (PROMPTS * G, C)).astype(np.int32)
+  comp_tokens[np.arange(C)[None] >= lengths[:, None]] = 0
+  rewards = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], np.float32)
+  adv, keep, n_zero = grpo_stage.group_advantages(rewards, G, estimator, filter_zero_variance)
+  assert n_zero == 1
+  zeros = np.zeros((PROMPTS * G, C), np.float32)
+  comp = Result(comp_tokens, zeros, zeros, lengths, ["eos"] * (PROMPTS * G), n=G)
+  batch = grpo_stage.build_loss_batch(prompt_tokens, prompt_mask, comp, adv, keep)
+  params = _params()
+  logp = np_completion_logps(params, batch["tokens"], batch["mask"])
+  # Behaviour log-probs off by up to +-1 so ratios land on both sides of the clip.
+  real = np.arange(C)[None] < lengths[:, None]
+  batch["old_logps"] = np.where(real, logp + rng.uniform(-1.0, 1.0, logp.shape), 0.0
+                                ).astype(np.float32)
+  batch["ref_logps"] = np.where(real, logp + rng.normal(0, 0.3, logp.shape), 0.0
+                                ).astype(np.float32)
+  return params, batch, logp, rewards
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _grpo_loss(cfg, params, batch):
+  return losses.get("grpo")(nnx.merge(graphdef(CFG), params), batch, cfg)
+
+
+CASES = [(agg, est, beta, filt) for agg, beta in itertools.product(grpo.AGGREGATIONS, [0.0, 0.1])
+         for est, filt in (("grpo", True), ("dr_grpo", False))]
+
+
+@pytest.mark.parametrize("aggregation, estimator, beta, filt", CASES)
+def test_loss_matches_numpy(aggregation, estimator, beta, filt):
+  params, batch, logp, rewards = random_batch(filter_zero_variance=filt, estimator=estimator)
+  np.testing.assert_allclose(batch["advantages"],
+                             np_advantages(rewards.reshape(PROMPTS, G),
+                                           estimator == "grpo").reshape(-1), rtol=1e-5,
+                             atol=1e-6)
+  cfg = grpo.GRPOConfig(eps_low=0.2, eps_high=0.28, beta=beta, aggregation=aggregation)
+  total, denom, m = _grpo_loss(cfg, params, batch)
+  w = batch["completion_mask"]
+  # The zero-variance group: no weight when filtered, zero advantage when kept.
+  assert w[G:].any() != filt and not batch["advantages"][G:].any()
+  want, want_clip = np_grpo(logp, batch["old_logps"].astype(np.float64),
+                            batch["advantages"].astype(np.float64),
+                            batch["ref_logps"].astype(np.float64), w, cfg)
+  np.testing.assert_allclose(total / denom, want, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(m["clip_frac"], want_clip, rtol=1e-6)
+  assert m["clip_frac_low"] > 0 and m["clip_frac_high"] > 0  # both sides exercised
+  assert int(m["n_loss_tokens"]) == w.sum()
+  assert ("kl" in m) == (beta > 0)
+
+
+@pytest.mark.parametrize("aggregation, beta", itertools.product(grpo.AGGREGATIONS, [0.0, 0.1]))
+def test_gradient_wrt_logprobs_matches_numpy(aggregation, beta):
+  """d loss / d logp: -A r where the unclipped branch is active, 0 where clipped, plus
+  beta (1 - exp(ref - logp)) for k3; then the aggregation's weights."""
+  _, batch, logp, _ = random_batch(filter_zero_variance=False)
+  cfg = grpo.GRPOConfig(beta=beta, aggregation=aggregation)
+  b = jax.tree.map(jnp.asarray, batch)
+  grad = jax.grad(lambda lp: (lambda t, d, _: t / d)(*grpo.policy_objective(lp, b, cfg)))(
+      jnp.asarray(logp, jnp.float32))
+  old, ref = batch["old_logps"], batch["ref_logps"]
+  adv, w = batch["advantages"][:, None], batch["completion_mask"].astype(np.float64)
+  ratio = np.exp(logp - old)
+  clipped = (-adv * np.clip(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)) > (-adv * ratio)
+  g = np.where(clipped, 0.0, -adv * ratio) + beta * (1 - np.exp(ref - logp))
+  if aggregation == "token-mean":
+    weights = w / w.sum()
+  else:
+    n = w.sum(1, keepdims=True)
+    per_seq = 1 / np.maximum(n, 1) if aggregation == "sequence-mean-token-mean" else 1 / C
+    weights = w * per_seq / (n > 0).sum()
+  np.testing.assert_allclose(grad, g * weights, rtol=1e-4, atol=1e-7)
+
+
+def test_all_groups_filtered_gives_zero_loss_and_weight():
+  rewards = np.ones(8, np.float32)
+  adv, keep, n_zero = grpo_stage.group_advantages(rewards, 4, "grpo", True)
+  assert n_zero == 2 and not keep.any() and not adv.any()
+  _, batch, _, _ = random_batch()
+  batch["completion_mask"][:] = False
+  total, denom, m = grpo.policy_objective(jnp.zeros((PROMPTS * G, C)),
+                                          jax.tree.map(jnp.asarray, batch),
+                                          grpo.GRPOConfig(beta=0.1))
+  assert float(total) == 0.0 and float(denom) == 0.0 and int(m["n_seqs"]) == 0
+
+
+def test_build_loss_batch_layout():
+  _, batch, _, _ = random_batch()
+  assert batch["tokens"].shape == (PROMPTS * G, P + C)
+  # Row 1 = prompt 0 (5 tokens) + a 1-token completion; row 4 = prompt 1 (3 tokens) + 6.
+  np.testing.assert_array_equal(batch["mask"][1], [1] * 6 + [0] * 5)
+  np.testing.assert_array_equal(batch["mask"][4], [0, 0] + [1] * 9)
+  assert not batch["completion_mask"][G:].any()  # the zero-variance group, filtered
+
+
+def test_invalid_config_names_the_field():
+  with pytest.raises(ValueError, match="config.grpo.aggregation"):
+    grpo.GRPOConfig(aggregation="mean")
+  with pytest.raises(ValueError, match="config.grpo.advantage"):
+    grpo.get_advantage("ppo")
+
+
+def _loss_and_grads(mesh, batch, cfg):
+  pshard = sharding.tree_shardings(logical_axes(CFG), abstract_params(CFG), mesh)
+  params = init_params(CFG, 0, pshard)
+
+  def loss(p, b):
+    total, denom, _ = losses.get("grpo")(nnx.merge(graphdef(CFG), p), b, cfg)
+    return total / denom
+
+  return jax.device_get(jax.jit(jax.value_and_grad(loss))(params,
+                                                          sharding.shard_batch(batch, mesh)))
+
+
+def test_mesh_gradient_equals_single_device():
+  _, batch, _, _ = random_batch(filter_zero_variance=False)
+  cfg = grpo.GRPOConfig(beta=0.04)
+  l1, g1 = _loss_and_grads(sharding.make_mesh({"data": 1}, jax.devices()[:1]), batch, cfg)
+  l8, g8 = _loss_and_grads(sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), batch,
+                           cfg)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g8, g1)
+  assert max(float(np.abs(x).max()) for x in jax.tree.leaves(g1)) > 0
