@@ -190,14 +190,25 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def dense(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
+  """x [..., c1..cn] @ w [c1..cn, o...] -> [..., o...] as one 2-D matmul.
+
+  The same contraction as the einsum, but XLA:CPU runs the backward of a
+  [B, T, D] x [D, ...] einsum (the weight gradient contracts over both B and T)
+  well below matmul speed; flattened to 2-D it does not (-16% train step time on
+  the small benchmark shape, identical numerics).
+  """
+  lead, c = x.shape[:x.ndim - contract], x.shape[x.ndim - contract:]
+  y = x.reshape(-1, math.prod(c)) @ w.reshape(math.prod(c), -1)
+  return y.reshape(*lead, *w.shape[contract:])
+
+
 def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask, cache_k, cache_v,
            cache_index):
   dt = cfg.jnp_dtype
   w = lambda name: p[name].astype(dt)
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", h, w("wq"))
-  k = jnp.einsum("btd,dhk->bthk", h, w("wk"))
-  v = jnp.einsum("btd,dhk->bthk", h, w("wv"))
+  q, k, v = dense(h, w("wq")), dense(h, w("wk")), dense(h, w("wv"))
   if cfg.qkv_bias:
     q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
   if cfg.qk_norm:
@@ -208,11 +219,10 @@ def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask, cache_k, cach
     k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, 1)
     v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, 1)
   attn = attention(q, k, v, mask)
-  x = x + jnp.einsum("bthk,hkd->btd", attn, w("wo"))
+  x = x + dense(attn, w("wo"), contract=2)
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-  gate = jnp.einsum("btd,df->btf", h, w("w_gate"))
-  up = jnp.einsum("btd,df->btf", h, w("w_up"))
-  x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w("w_down"))
+  gate, up = dense(h, w("w_gate")), dense(h, w("w_up"))
+  x = x + dense(jax.nn.silu(gate) * up, w("w_down"))
   return x, (k if cache_k is not None else None), (v if cache_v is not None else None)
 
 
