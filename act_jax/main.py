@@ -20,6 +20,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any, Sequence
 
@@ -149,8 +150,11 @@ def make_tokenizer(c: ml_collections.ConfigDict, out: str, traj_dir: str) -> str
     return out
   from act_jax import tokenizer as tok_lib
   trajs = [t for name in ("train",) for t in read_jsonl(os.path.join(traj_dir, f"{name}.jsonl"))]
-  texts = list(tok_lib.trajectory_texts(trajs))
-  texts.append(prompts_lib.PromptConfig().critic_user + prompts_lib.PromptConfig().action_user)
+  pcfg = prompt_config(c)
+  texts = list(tok_lib.trajectory_texts(trajs, prompt_cfg=pcfg))
+  # The prompt templates' own words, as often as a state appears, so they merge too.
+  template = re.sub(r"\{\w+\}", " ", pcfg.action_user + "\n" + pcfg.critic_user)
+  texts.extend([template] * len(trajs))
   return tok_lib.train_tokenizer(texts, c.tokenizer.vocab_size, out)
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from act_jax.data.trajectory import Trajectory, read_jsonl
+
+if TYPE_CHECKING:
+  from act_jax.data.prompts import PromptConfig
 
 PAD, ENDOFTEXT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, ENDOFTEXT, IM_START, IM_END)
@@ -35,19 +38,22 @@ _SCAFFOLD = ("system\nuser\nassistant\n", "Action: ", "Answer: ",
              "\n</think>\n\n")
 
 
-def trajectory_texts(trajectories: Iterable[Trajectory], admissible: bool = True) -> Iterator[str]:
-  """The text of trajectories: task, observations, actions (and admissible actions)."""
+def trajectory_texts(trajectories: Iterable[Trajectory], admissible: bool = True,
+                     prompt_cfg: "PromptConfig | None" = None) -> Iterator[str]:
+  """The text of trajectories as the prompts render it (act_jax.data.prompts).
+
+  Merges are learnt on the rendered turns, so `Observation:` and an action after
+  `Action: ` (with its leading space) become the same few tokens the model sees;
+  trained on bare observations and actions, " smell" split into three tokens.
+  """
+  from act_jax.data import prompts  # pylint: disable=import-outside-toplevel
+  cfg = prompt_cfg or prompts.PromptConfig()
   for t in trajectories:
-    if t.instruction:
-      yield t.instruction
-    yield t.task
+    yield prompts.state_head(t.instruction, t.task, cfg)
     for s in t.steps:
-      yield s.observation
-      yield s.action
-      if s.thought:
-        yield s.thought
+      yield prompts.history_turn(s.observation, s.action, s.thought, cfg)
       if admissible and s.admissible:
-        yield "\n".join(s.admissible)
+        yield "\n".join(prompts.action_target(a, cfg) for a in s.admissible)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, out_dir: str = "tokenizer",

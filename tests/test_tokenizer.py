@@ -74,8 +74,10 @@ def test_cli_trains_on_trajectories(tmp_path):
            admissible=["move east", "look around"]),
       Step(observation="You see a coin.", action="take coin")])
   texts = list(toklib.trajectory_texts([traj]))
-  assert texts == ["Find the coin.", "You are in the kitchen.", "move east",
-                   "move east\nlook around", "You see a coin.", "take coin"]
+  assert texts == ["Your task is to: Find the coin.\n\n",
+                   "Observation: You are in the kitchen.\nAction: move east\n",
+                   "Action: move east\nAction: look around",
+                   "Observation: You see a coin.\nAction: take coin\n"]
   path = tmp_path / "t.jsonl"
   write_jsonl(str(path), [traj] * 10)
   out = tmp_path / "tok"
@@ -83,3 +85,5 @@ def test_cli_trains_on_trajectories(tmp_path):
   loaded = AutoTokenizer.from_pretrained(str(out))
   assert loaded.decode(loaded.encode("take coin")) == "take coin"
   assert len(loaded.encode(" kitchen")) <= 2
+  # Actions are learnt as the prompts show them: after "Action: ", with their space.
+  assert len(loaded.encode("Action: take coin")) <= 4

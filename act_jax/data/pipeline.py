@@ -153,7 +153,7 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
     shard_index, shard_count: this process's shard; None = jax process index/count.
     bucket_lengths: allowed padded lengths; default powers of two up to max_len.
     max_len: largest padded length; default the longest record, rounded up to a
-      power of two. Longer records are an error, not a silent truncation.
+      multiple of 32. Longer records are an error, not a silent truncation.
     num_epochs: None = endless. Finite: the last partial global batch is dropped
       (and logged), so every process yields the same number of batches.
     lengths: token lengths of the padded field per record (`builders.load_lengths`);
@@ -178,7 +178,8 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
     raise ValueError(f"{len(lengths)} lengths for {n} records")
   longest = int(lengths.max())
   if bucket_lengths is None:
-    max_len = max_len or 1 << max(longest - 1, 1).bit_length()
+    # The longest record rounded up to 32, not to a power of two: up to 2x less padding.
+    max_len = max_len or -(-longest // 32) * 32
     bucket_lengths = power_of_two_buckets(max_len, min(32, max_len))
   buckets = tuple(sorted(bucket_lengths))
   if longest > buckets[-1]:
