@@ -219,7 +219,8 @@ class ImitationStage(loop.Stage):
     return data_pipeline.make_batches(
         self.source, batch_size=self.config.train.batch_size // shard_count,
         seed=self.config.seed, pad_id=self.pad_id, mode="supervised",
-        shard_index=shard_index, shard_count=shard_count, meta=False)
+        shard_index=shard_index, shard_count=shard_count, meta=False,
+        group_by_length=self.config.data.get("group_by_length", 0))
 
 
 # --- the run --------------------------------------------------------------------------

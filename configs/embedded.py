@@ -28,7 +28,7 @@ def get_config():
       env_kwargs=dict(observe_look_inventory=False)))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
   c.data = ml_collections.ConfigDict(dict(alternatives="admissible", k=2,
-                                          max_state_tokens=128))
+                                          max_state_tokens=128, group_by_length=16))
   c.prompts = ml_collections.ConfigDict(dict(
       # Short prompts: the model is tiny and sees only the last turns anyway.
       action_user="{state}\nNext action?", critic_user=(

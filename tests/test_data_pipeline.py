@@ -155,3 +155,21 @@ def test_bucket_helpers():
   assert pipeline.bucket_for(33, (16, 32, 64)) == 64
   with pytest.raises(ValueError):
     pipeline.bucket_for(65, (16, 32, 64))
+
+
+def test_group_by_length_pads_less_and_keeps_every_record_once_per_epoch():
+  src = _source(n=96, seed=3)
+  kw = dict(batch_size=4, seed=0, pad_id=0, shard_index=0, shard_count=1, num_epochs=1,
+            meta=True, bucket_lengths=(16, 32, 48, 64, 80))
+  plain = list(pipeline.make_batches(src, **kw))
+  grouped = list(pipeline.make_batches(src, group_by_length=8, **kw))
+  ids = lambda bs: sorted(i for b in bs for i in b["meta"]["state_id"])
+  assert ids(grouped) == ids(plain) == sorted(r["state_id"] for r in src)
+  width = lambda bs: sum(b["tokens"].shape[1] for b in bs)
+  assert width(grouped) < width(plain)
+  # Within a window of 8 batches, the batches' length ranges do not overlap.
+  spans = sorted((b["mask"].sum(1).min(), b["mask"].sum(1).max()) for b in grouped[:8])
+  assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+  # Deterministic per seed.
+  again = list(pipeline.make_batches(src, group_by_length=8, **kw))
+  assert [b["meta"]["state_id"] for b in again] == [b["meta"]["state_id"] for b in grouped]

@@ -359,7 +359,10 @@ def test_default_splits_are_disjoint(env):
 
 def test_split_semantics():
   tw = twx_splits()
-  assert tw["train"].fold == "train" and tw["id"].fold == "dev"
+  # ID: held-out seeds of the training fold, disjoint from the training seeds.
+  assert tw["train"].fold == tw["id"].fold == "train"
+  assert max(tw["train"].seeds("coin")) < min(tw["id"].seeds("coin"))
+  assert len(tw["train"].seeds("coin")) + len(tw["id"].seeds("coin")) == 1000
   assert tw["ood_unseen_objects"].games == ("twc",) and tw["ood_unseen_objects"].fold == "test"
   for g in tw["ood_harder"].games:
     hard, easy = parse_params(tw["ood_harder"].params_for(g)), parse_params(TWX_TRAIN_PARAMS[g])
@@ -371,7 +374,7 @@ def test_split_semantics():
   with pytest.raises(ValueError):
     sciworld_splits(train_tasks=("boil",), heldout_tasks=("boil",))
   tiny = tw["id"].with_(count=2)
-  assert [s.seed for s in tiny.episodes()] == [10000, 10001] * 3
+  assert [s.seed for s in tiny.episodes()] == [800, 801] * 3
   assert SplitSpec.from_dict(json.loads(json.dumps(tiny.to_dict()))) == tiny
   assert len(tw["train"].episodes(5)) == 15
 

@@ -102,10 +102,18 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
 
 class _ShuffledOrder:
   """Record index at each position of the endless stream; a new permutation per
-  epoch, derived from (seed, epoch) so any process can compute any position."""
+  epoch, derived from (seed, epoch) so any process can compute any position.
 
-  def __init__(self, n: int, seed: int):
+  With `lengths` and `window` (records, a multiple of the global batch), each window of
+  the permutation is sorted by length and its batches are shuffled again: batches hold
+  records of similar length, so they pad to smaller buckets, yet every record is still
+  seen once per epoch in a random batch order.
+  """
+
+  def __init__(self, n: int, seed: int, lengths: np.ndarray | None = None,
+               window: int = 0, batch: int = 1):
     self._n, self._seed = n, seed
+    self._lengths, self._window, self._batch = lengths, window, batch
     self._cache: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
 
@@ -115,8 +123,21 @@ class _ShuffledOrder:
         if len(self._cache) >= 2:
           self._cache.pop(min(self._cache))
         rng = np.random.default_rng([self._seed, epoch])
-        self._cache[epoch] = rng.permutation(self._n)
+        perm = rng.permutation(self._n)
+        if self._window:
+          perm = self._group(perm, rng)
+        self._cache[epoch] = perm
       return self._cache[epoch]
+
+  def _group(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = []
+    for start in range(0, len(perm), self._window):
+      chunk = perm[start:start + self._window]
+      chunk = chunk[np.argsort(self._lengths[chunk], kind="stable")]
+      full = len(chunk) // self._batch * self._batch
+      batches = chunk[:full].reshape(-1, self._batch)[rng.permutation(full // self._batch)]
+      out.extend([batches.reshape(-1), chunk[full:]])
+    return np.concatenate(out)
 
   def __getitem__(self, positions: slice) -> np.ndarray:
     pos = np.arange(positions.start, positions.stop)
@@ -141,7 +162,8 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
                  bucket_lengths: Sequence[int] | None = None,
                  max_len: int | None = None, num_epochs: int | None = None,
                  lengths: Sequence[int] | None = None, meta: bool | None = None,
-                 num_threads: int = 0, prefetch: int = 8) -> grain.DatasetIterator:
+                 num_threads: int = 0, prefetch: int = 8,
+                 group_by_length: int = 0) -> grain.DatasetIterator:
   """An iterator of fixed-shape numpy batches for this process.
 
   Args:
@@ -158,6 +180,8 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
       (and logged), so every process yields the same number of batches.
     lengths: token lengths of the padded field per record (`builders.load_lengths`);
       None = one pass over the source.
+    group_by_length: 0, or a window of that many global batches whose records are
+      sorted by length before batching (less padding; see `_ShuffledOrder`).
     meta: add the records' text fields under "meta"; default: in generation mode.
     num_threads: grain read threads (0 = read in the calling thread).
   """
@@ -198,7 +222,9 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
     if steps == 0:
       raise ValueError(f"{n * num_epochs} records make no global batch of "
                        f"{global_bs}")
-  order = _ShuffledOrder(n, seed)
+  if group_by_length < 0:
+    raise ValueError(f"group_by_length must be >= 0, got {group_by_length}")
+  order = _ShuffledOrder(n, seed, lengths, group_by_length * global_bs, global_bs)
   read = (source.__getitems__ if hasattr(source, "__getitems__")
           else lambda idx: [source[i] for i in idx])
 

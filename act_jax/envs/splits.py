@@ -6,8 +6,12 @@ hold `SplitSpec`s or their `to_dict()` form.
 
 The default split sets:
   TextWorldExpress (`twx_splits`)
-    train                train fold of the training games, training params
-    id                   dev fold, same games and params (in-distribution)
+    train                train fold seeds [0, 800) of the training games, training params
+    id                   train fold seeds [800, 1000): unseen episodes drawn exactly as
+                         the training ones (in-distribution, the paper's "seen"). The dev
+                         fold is not: several games (simonsays, peckingorder, ...) draw
+                         its objects from another set, e.g. 90 of 140 dev gold actions
+                         name objects absent from the train fold.
     ood_unseen_objects   twc test fold: objects never seen in train/dev
     ood_harder           test fold of cookingworld/coin with more locations,
                          ingredients and distractors
@@ -16,7 +20,7 @@ The default split sets:
     id                   dev variations of the training tasks
     ood_unseen_variations  test variations of the training tasks
     ood_heldout_tasks    test variations of task types never trained on
-Folds never overlap, so no (game, fold, seed) of `train` appears in any eval split.
+No (game, fold, seed) of `train` appears in any eval split.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ TWX_HARD_PARAMS = {
     "mapreader": "numLocations=15,maxDistanceApart=6,maxDistractorItemsPerLocation=3",
 }
 TWX_TRAIN_GAMES = ("cookingworld", "twc", "coin")
+# Train-fold seeds from here on are held out for the in-distribution split.
+TWX_HELDOUT_START = 800
 
 # Training task types and held-out siblings (same topics, different tasks).
 SW_HELDOUT_TASKS = ("chemistry-mix-paint-tertiary-color", "find-plant", "grow-fruit",
@@ -122,8 +128,10 @@ def twx_splits(games: Sequence[str] = TWX_TRAIN_GAMES,
     raise ValueError(f"unknown TWX games {sorted(unknown)}")
   train_params = {g: train_params[g] for g in games if g in train_params}
   splits = {
-      "train": SplitSpec("train", "twx", games, "train", "train", train_params),
-      "id": SplitSpec("id", "twx", games, "dev", "id", train_params),
+      "train": SplitSpec("train", "twx", games, "train", "train", train_params,
+                         count=TWX_HELDOUT_START),
+      "id": SplitSpec("id", "twx", games, "train", "id", train_params,
+                      start=TWX_HELDOUT_START),
   }
   if "twc" in games:
     splits["ood_unseen_objects"] = SplitSpec("ood_unseen_objects", "twx", ("twc",), "test", "ood",

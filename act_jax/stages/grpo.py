@@ -177,7 +177,8 @@ class GRPOStage(loop.Stage):
         self.train_source, batch_size=self._per_process(self.config.train.batch_size,
                                                         shard_count),
         seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
-        shard_index=shard_index, shard_count=shard_count, meta=True)
+        shard_index=shard_index, shard_count=shard_count, meta=True,
+        group_by_length=self.config.data.get("group_by_length", 0))
 
   @staticmethod
   def _per_process(global_size: int, shard_count: int) -> int:
