@@ -204,6 +204,13 @@ def format_records(c: ml_collections.ConfigDict, tok) -> list[dict[str, Any]]:
     p = np.asarray(r["prompt_ids"], np.int32)
     recs.append({"state_id": r["state_id"], "input_ids": np.concatenate([p, ans]),
                  "loss_mask": np.concatenate([np.zeros_like(p), np.ones_like(ans)])})
+  if c.stages.base.get("lm_loss", False):
+    # Language modelling on the whole random-play text as well: predicting "You take
+    # the papaya." after a random "take papaya" grows the copy (token-equality)
+    # circuits that judging "which action matches the instruction" needs, without
+    # ever showing which action is right.
+    for r in recs:
+      r["loss_mask"] = np.ones_like(r["loss_mask"])
   return recs
 
 
@@ -403,7 +410,7 @@ class Pipeline:
                      invalid_action_rate=r["invalid_action_rate"], avg_steps=r["avg_steps"],
                      policy_mode=mode)
         trajs = list(read_jsonl(self.path("trajectories", f"{split}.jsonl")))
-        na = rollout.next_action_accuracy(pol, trajs[:c.eval.heldout_states])
+        na = rollout.next_action_accuracy(pol, trajs, max_states=c.eval.heldout_states)
         entry.update(next_action_accuracy=na["accuracy"],
                      next_action_accuracy_ci95=na["accuracy_ci95"])
         if mode == "generate":

@@ -1,11 +1,15 @@
 """The README's main job: the whole ACT pipeline on TextWorldExpress, from scratch, on CPU.
 
-A ~1M-parameter Llama-style decoder with a byte-level BPE trained on the games' text.
+A ~0.5M-parameter Llama-style decoder with a byte-level BPE trained on the games' text.
 Games: the instruction-following ones (simonsays, peckingorder), whose gold paths are
 short and whose random-action success is ~0%, so any success is learnt. Critic
 alternatives are valid non-expert actions (`admissible`): a model trained from
 scratch has no initial policy worth sampling. Every variant gets the same expert data
 and the same stage budgets (steps x batch).
+
+Splits: `id` = held-out seeds of the training fold (new episodes, the same objects);
+`ood_test_fold` = the test fold, whose objects (blueberry, pumpkin, ...) never occur in
+training, so the from-scratch tokenizer and model have never seen their tokens.
 
   python -m act_jax.main --config configs/embedded.py --workdir runs/embedded
 """
@@ -22,32 +26,37 @@ def get_config():
       export=True))
   c.env = ml_collections.ConfigDict(dict(
       name="twx", games=["simonsays", "peckingorder"], train_params={},
-      train_per_game=60, heldout_per_game=10, max_steps=12, pool_size=4,
+      train_per_game=300, heldout_per_game=10, max_steps=12, pool_size=4,
       # These games state the next action in the observation; the room description
       # that `look` adds is noise that costs tokens.
       env_kwargs=dict(observe_look_inventory=False)))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
   c.data = ml_collections.ConfigDict(dict(alternatives="admissible", k=2,
-                                          max_state_tokens=128, group_by_length=16))
+                                          max_state_tokens=128))
   c.prompts = ml_collections.ConfigDict(dict(
-      # Short prompts: the model is tiny and sees only the last turns anyway.
-      action_user="{state}\nNext action?", critic_user=(
-          "{state}\nWhich action is better?\n{letter_a}: {action_a}\n{letter_b}: {action_b}"),
+      # Short prompts: the model is tiny and sees only the last turns anyway. Actions
+      # start a line, as words quoted in observations do ("Simon says, 'smell grape'"),
+      # so "smell" is one token in both places and copying it is an identity; after
+      # "Action: " it would be " smell", a different token the model must map to.
+      history_turn="Observation: {observation}\nAction:\n{action}\n",
+      action_target="Action:\n{action}", action_user="{state}\nNext action?", critic_user=(
+          "{state}\nWhich action is better?\n{letter_a}:\n{action_a}\n{letter_b}:\n{action_b}"),
       use_chat_template=True))
   c.model.update(dict(arch="llama", vocab_size=1024, hidden_size=128, intermediate_size=384,
                       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
                       tie_embeddings=True, max_position_embeddings=512, rope_theta=10000.0))
   c.grpo = grpo.default_config()
-  c.grpo.update(dict(group_size=8, max_new_tokens=16, beta=0.0, eval_batch_size=64))
+  c.grpo.update(dict(group_size=4, max_new_tokens=10, beta=0.0, eval_batch_size=64))
   c.reward = critic.default_config().reward
   c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
                                                    malformed=-0.5))
   c.stages = ml_collections.ConfigDict(dict(
-      base=dict(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, rollouts_per_game=40),
-      act=dict(steps=30, batch_size=8, lr=3e-4, warmup_steps=3, eval_every=0),
-      il=dict(steps=80, batch_size=16, lr=1e-3, warmup_steps=5),
-      rl=dict(steps=30, batch_size=8, lr=3e-4, warmup_steps=3, eval_every=0)))
+      base=dict(steps=150, batch_size=16, lr=3e-3, warmup_steps=5, rollouts_per_game=40,
+                lm_loss=True),
+      act=dict(steps=150, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0),
+      il=dict(steps=200, batch_size=16, lr=3e-3, warmup_steps=5),
+      rl=dict(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0)))
   c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=10,
-                                          heldout_states=60, critic_pairs=60))
+                                          heldout_states=140, critic_pairs=140))
   c.checkpoint.async_save = False
   return c

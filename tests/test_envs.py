@@ -300,6 +300,13 @@ def test_next_action_accuracy(twx_env):
   assert first["accuracy"] == pytest.approx(expected / n)
   bad = rollout.next_action_accuracy(lambda b: ["xyzzy"] * len(b), trajs)
   assert bad["accuracy"] == 0.0 and bad["admissible_rate"] == 0.0
+  # A state budget spreads over every trajectory: the first and the last state stay in.
+  seen = []
+  few = rollout.next_action_accuracy(lambda b: seen.extend(b) or [x.admissible[0] for x in b],
+                                     trajs, max_states=4)
+  assert few["states"] == len(seen) == 4
+  assert seen[0].observation == trajs[0].steps[0].observation
+  assert seen[-1].observation == trajs[-1].steps[-1].observation
 
 
 # --- Expert CLI ---------------------------------------------------------------------

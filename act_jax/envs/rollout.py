@@ -16,6 +16,8 @@ import math
 import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from act_jax.data.trajectory import Step, Trajectory
 from act_jax.envs.base import EpisodeSpec
 from act_jax.envs.pool import EnvPool
@@ -245,13 +247,17 @@ def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput,
 
 
 def next_action_accuracy(policy: Policy, trajectories: Iterable[Trajectory],
-                         batch_size: int = 64) -> dict[str, Any]:
+                         batch_size: int = 64, max_states: int | None = None) -> dict[str, Any]:
   """Fraction of held-out expert states where the policy picks the expert action.
 
   For a scoring policy (rank admissible actions by likelihood) or a generative one;
-  actions are compared after `normalize_action`.
+  actions are compared after `normalize_action`. max_states: at most this many states,
+  evenly spaced over all of them (so every game and step depth stays represented).
   """
   states = expert_states(trajectories)
+  if max_states is not None and len(states) > max_states:
+    keep = np.linspace(0, len(states) - 1, max_states).round().astype(int)
+    states = [states[i] for i in keep]
   correct = admissible = 0
   for i in range(0, len(states), batch_size):
     chunk = states[i:i + batch_size]
