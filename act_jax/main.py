@@ -6,8 +6,8 @@ The whole ACT pipeline, each step resumable (see `act_jax.workflow`):
   tokenizer     the model's tokenizer, or a byte-level BPE trained on env text
   datasets      critic pairs + imitation examples (TFDS array_record), held-out pairs
   base          the initial policy: an HF / act_jax checkpoint, or (from scratch) a
-                format warm-up on *random* rollouts — it learns the env's language and
-                the answer formats, never which action is right
+                format warm-up on *random* rollouts — it learns the answer formats and
+                (stages.base.lm_loss) the env's language, never which action is right
   s<seed>/act   ACT critic GRPO from base                 (variants act, *_w_act)
   s<seed>/il    imitation from base / from act            (il, il_w_act)
   s<seed>/rl    GRPO on next-action generation, base/act  (rl, rl_w_act)

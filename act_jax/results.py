@@ -129,7 +129,8 @@ def plot_curves(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
         ax.plot(*zip(*pts), label=name)
     ax.set_title(key)
     ax.set_xlabel("step")
-    ax.legend(fontsize=7)
+    if ax.lines:  # a metric no stage logged gets an empty panel, not a warning
+      ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
