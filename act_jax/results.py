@@ -47,6 +47,7 @@ def aggregate(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]
         if not vals:
           continue
         m, lo, hi = mean_ci(vals)
+        lo, hi = max(lo, 0.0), min(hi, 1.0)  # every metric is a rate: t-tails leave [0, 1]
         if len(vals) == 1:  # one seed: fall back to the evaluator's binomial interval
           ci = seeds[next(iter(seeds))][split].get(metric + "_ci95", [math.nan, math.nan])
           lo, hi = ci

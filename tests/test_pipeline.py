@@ -154,3 +154,17 @@ def test_action_loss_matches_numpy_with_masks_and_sharding():
                                     sharding.shard_batch(batch, mesh))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                jax.device_get(g8), jax.device_get(g1))
+
+
+def test_seed_aggregate_is_a_t_interval_clipped_to_rates():
+  from act_jax import results
+  ev = lambda x: {"id": {"success_rate": x}}
+  out = results.aggregate({"il": {0: ev(0.8), 1: ev(0.0), 2: ev(0.05)}})["il"]["id"]["success_rate"]
+  # Hand-computed: mean 0.2833, sd 0.4481, t(2) = 4.303 -> half-width 1.1133.
+  assert out["mean"] == pytest.approx(0.28333, abs=1e-4)
+  assert out["ci95"] == [0.0, 1.0] and out["per_seed"] == [0.8, 0.0, 0.05]
+  # Inside [0, 1] nothing is clipped: sd 0.014142, t(4) = 2.776, half-width 0.017557.
+  vals = [0.5, 0.52, 0.48, 0.5, 0.5]
+  narrow = results.aggregate({"il": {i: ev(v) for i, v in enumerate(vals)}})
+  assert narrow["il"]["id"]["success_rate"]["ci95"] == pytest.approx([0.48244, 0.51756],
+                                                                     abs=1e-4)
