@@ -327,6 +327,8 @@ class Pipeline:
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
     for seed in range(c.pipeline.seeds):
       for v in variants(c):
+        if not CHAINS[v] and seed > 0:
+          continue  # θ0 and its greedy evaluation do not depend on the seed: one run
         prev = "base"
         for i, stage in enumerate(CHAINS[v]):
           key = chain_key(seed, CHAINS[v][:i + 1])

@@ -97,6 +97,21 @@ def test_rerun_retrains_nothing_and_deleting_a_stage_redoes_its_dependents(finis
                     "s0/eval_rl_w_act"}
 
 
+def test_more_seeds_train_only_the_new_seeds_and_evaluate_theta0_once(finished_run, tmp_path):
+  from act_jax.main import Pipeline
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(finished_run[0], workdir)
+  before = _step_ids(workdir)
+  c = micro_config()
+  c.pipeline.update(dict(seeds=2, variants="prompt,il", export=False))
+  res = Pipeline(c, workdir).run()
+  after = _step_ids(workdir)
+  assert {k: after[k] for k in before} == before  # seed 0 reused as it was
+  assert set(after) - set(before) == {"s1/il", "s1/eval_il"}
+  per_seed = lambda v: res["variants"][v]["id"]["success_rate"]["per_seed"]
+  assert len(per_seed("il")) == 2 and len(per_seed("prompt")) == 1
+
+
 def test_workflow_config_change_redoes_step(tmp_path):
   calls = []
   run = lambda cfg: workflow.run_step("a", str(tmp_path / "a"), {}, calls.append, config=cfg)
