@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
+from act_jax.data import prompts
 from act_jax.data.trajectory import Trajectory, read_jsonl
-
-if TYPE_CHECKING:
-  from act_jax.data.prompts import PromptConfig
 
 PAD, ENDOFTEXT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, ENDOFTEXT, IM_START, IM_END)
@@ -39,14 +37,13 @@ _SCAFFOLD = ("system\nuser\nassistant\n", "Action: ", "Answer: ",
 
 
 def trajectory_texts(trajectories: Iterable[Trajectory], admissible: bool = True,
-                     prompt_cfg: "PromptConfig | None" = None) -> Iterator[str]:
+                     prompt_cfg: prompts.PromptConfig | None = None) -> Iterator[str]:
   """The text of trajectories as the prompts render it (act_jax.data.prompts).
 
   Merges are learnt on the rendered turns, so `Observation:` and an action after
   `Action: ` (with its leading space) become the same few tokens the model sees;
   trained on bare observations and actions, " smell" split into three tokens.
   """
-  from act_jax.data import prompts  # pylint: disable=import-outside-toplevel
   cfg = prompt_cfg or prompts.PromptConfig()
   for t in trajectories:
     yield prompts.state_head(t.instruction, t.task, cfg)

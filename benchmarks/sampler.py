@@ -51,23 +51,10 @@ sys.path.insert(0, str(ROOT))
 
 from act_jax.models import ModelConfig, init_params  # noqa: E402
 from act_jax.sampling import CompileCounter, Sampler, SamplingConfig, core  # noqa: E402
+from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
 
-SHAPES = {  # as tunix_baseline.SHAPES
-    "tiny": dict(vocab=1024, hidden=128, layers=2, heads=4, kv_heads=2, head_dim=32,
-                 intermediate=384),
-    "small": dict(vocab=32000, hidden=512, layers=8, heads=8, kv_heads=4, head_dim=64,
-                  intermediate=1536),
-}
 B, P, G, REPS = 8, 64, 64, 3
 TUNIX_PINS = ("google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8")
-
-
-def model_config(s: dict) -> ModelConfig:
-  return ModelConfig(arch="qwen3", vocab_size=s["vocab"], hidden_size=s["hidden"],
-                     num_layers=s["layers"], num_heads=s["heads"], num_kv_heads=s["kv_heads"],
-                     head_dim=s["head_dim"], intermediate_size=s["intermediate"],
-                     qk_norm=True, tie_embeddings=False, rope_theta=1e6, rms_norm_eps=1e-6,
-                     param_dtype="float32", dtype="float32", scan_layers=False)
 
 
 def timed(fn, *args):

@@ -74,28 +74,14 @@ from act_jax import loop, models, rewards, sharding, step as step_lib  # noqa: E
 from act_jax.losses import grpo  # noqa: E402
 from act_jax.sampling import CompileCounter  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
+from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
 
-SHAPES = {  # as tunix_baseline.SHAPES
-    "tiny": dict(vocab=1024, hidden=128, layers=2, heads=4, kv_heads=2, head_dim=32,
-                 intermediate=384),
-    "small": dict(vocab=32000, hidden=512, layers=8, heads=8, kv_heads=4, head_dim=64,
-                  intermediate=1536),
-}
 PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 8, 4, 64, 64
 TIMED_STEPS = {"tiny": 5, "small": 3}
 OPTIM = dict(lr=3e-6, warmup_steps=0, schedule="constant", b1=0.9, b2=0.99, eps=1e-8,
              weight_decay=0.1, grad_clip=1.0)
 LOSS = grpo.GRPOConfig(eps_low=0.2, eps_high=0.2, beta=0.04, kl_estimator="k1",
                        aggregation="sequence-mean-token-mean", temperature=1.0)
-
-
-def model_config(s: dict, scan_layers: bool) -> models.ModelConfig:
-  return models.ModelConfig(
-      arch="qwen3", vocab_size=s["vocab"], hidden_size=s["hidden"], num_layers=s["layers"],
-      num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
-      intermediate_size=s["intermediate"], qk_norm=True, tie_embeddings=False,
-      rope_theta=1e6, rms_norm_eps=1e-6, param_dtype="float32", dtype="float32",
-      scan_layers=scan_layers)
 
 
 def flops_per_token(s: dict, T: int) -> int:
