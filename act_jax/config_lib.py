@@ -26,7 +26,10 @@ def base() -> ml_collections.ConfigDict:
   c.sharding_rules = [list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])]
                       for r in DEFAULT_RULES]
   c.optim = ml_collections.ConfigDict(dict(
-      lr=3e-4, warmup_steps=10, total_steps=100, schedule="cosine", final_lr_frac=0.1,
+      # warmup_steps and total_steps count optimiser updates (train.steps x GRPO's mu);
+      # total_steps 0 = the whole run, so the decay ends at the last step whatever
+      # train.steps is (see loop.optimizer_config).
+      lr=3e-4, warmup_steps=10, total_steps=0, schedule="cosine", final_lr_frac=0.1,
       weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
       steps=100, batch_size=8, seq_len=64, accum_steps=1, loss="next_token",

@@ -9,9 +9,10 @@ preemption handling.
 A run directory (`workdir`) holds:
 
   metrics.jsonl          one JSON row per step: step, time, loss, grad_norm, skipped,
-                         nonfinite_total, step_time, tokens_per_s, mfu (with
-                         config.train.peak_tflops), ckpt_save_s, and the stage's own
-                         metrics (rewards, judgment accuracy, KL, entropy, ...)
+                         no_signal (updates skipped: no loss tokens), nonfinite_total,
+                         step_time, tokens_per_s, mfu (with config.train.peak_tflops),
+                         ckpt_save_s, and the stage's own metrics (rewards, judgment
+                         accuracy, KL, entropy, ...)
   tb/                    TensorBoard events of the same scalars
   checkpoints/<step>/    Orbax steps (see act_jax.checkpoint): state/ (params,
                          optimiser state, step, RNG key), data/ (iterator position),
@@ -165,18 +166,32 @@ class Preempted(SystemExit):
     self.step = step
 
 
+def optimizer_config(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
+  """`config.optim` with the schedule's length in optimiser updates.
+
+  `optim.total_steps` = 0 (the default) means the whole run: `train.steps` x the
+  stage's updates per batch (GRPO's mu), so the decay ends with the run whatever
+  `train.steps` is. Set it only to pin the schedule while changing `train.steps`.
+  """
+  optim = dict(config.optim)
+  if not optim.get("total_steps"):
+    optim["total_steps"] = config.train.steps * stage.updates_per_batch
+  return optim
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         init_params: models.Params | None = None, ctx: Context | None = None
         ) -> step_lib.TrainState:
   """Trains `stage` for `config.train.steps` steps, resuming from `workdir` if possible."""
   ctx = ctx or build_context(config, workdir)
   tc = config.train
-  optim_cfg = dict(config.optim)
-  optim_cfg.setdefault("total_steps", tc.steps)
-  optimizer = step_lib.make_optimizer(optim_cfg)
+  optimizer = step_lib.make_optimizer(optimizer_config(config, stage))
   st_shard = state_shardings(ctx, optimizer)
   # The rows this process feeds follow from the mesh, not from the process index alone.
   shard_index, shard_count = sharding.batch_shard(ctx.mesh)
+  if tc.batch_size % shard_count:
+    raise ValueError(f"{stage.name}: config.train.batch_size={tc.batch_size} is not divisible "
+                     f"by the {shard_count} data shards of the mesh (process row blocks)")
   batches = stage.batches(shard_index, shard_count)
   saved_config = {"experiment": config.to_dict(), "model": ctx.model_cfg.to_dict(),
                   "stage": stage.name}

@@ -16,13 +16,14 @@ The whole ACT pipeline, each step resumable (see `act_jax.workflow`):
 """
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import logging
 import os
 import re
 import shutil
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import ml_collections
 import numpy as np
@@ -51,15 +52,41 @@ log = logging.getLogger(__name__)
 
 
 def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_collections.ConfigDict:
-  """The experiment config as one stage's run sees it: its steps, batch, lr, seed."""
+  """The experiment config as one stage's run sees it: its steps, batch, lr, seed, and
+  for the GRPO stages (act, rl) its own `stages.<stage>.grpo` section as `grpo`."""
+  if "grpo" in c:
+    raise ValueError("config.grpo: a pipeline config sets GRPO per stage, in "
+                     "config.stages.act.grpo and config.stages.rl.grpo")
   s = copy.deepcopy(c)
   sc = c.stages[stage]
   s.seed = seed
   s.train.update({k: sc[k] for k in ("steps", "batch_size", "eval_every") if k in sc})
   s.optim.update({k: sc[k] for k in ("lr", "warmup_steps", "schedule") if k in sc})
-  s.optim.total_steps = s.train.steps
-  s.checkpoint.every = max(s.train.steps // 2, 1)
+  if stage in ("act", "rl"):
+    if "grpo" not in sc:
+      raise ValueError(f"config.stages.{stage}.grpo: missing; the {stage} stage runs GRPO "
+                       "with its own section, e.g. grpo.default_config(group_size=4)")
+    with s.unlocked():
+      s.grpo = copy.deepcopy(sc.grpo)
   return s
+
+
+def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> dict[str, Any]:
+  """Every setting a stage's training reads: its whole `stage_config`, less what cannot
+  change the trained model, so that no config change is silently ignored on rerun.
+
+  Left out: which runs and exports to make (`pipeline.variants/seeds/export`),
+  evaluation (`eval`), the other stages' sections, and the other GRPO stage's reward.
+  """
+  d = stage_config(c, stage, seed).to_dict()
+  d["stages"] = d["stages"][stage]
+  d.pop("eval", None)
+  for k in ("variants", "seeds", "export"):
+    d["pipeline"].pop(k, None)
+  for section, reader in (("reward", "act"), ("action_reward", "rl")):
+    if stage != reader:
+      d.pop(section, None)
+  return d
 
 
 def prompt_config(c: ml_collections.ConfigDict) -> prompts_lib.PromptConfig:
@@ -82,6 +109,29 @@ def env_splits(c: ml_collections.ConfigDict) -> dict[str, splits_lib.SplitSpec]:
   raise ValueError(f"config.env.name: unknown env {e.name!r}")
 
 
+def judgment_config(c: ml_collections.ConfigDict) -> rewards.JudgmentConfig:
+  """The critic reward's settings: evaluation parses judgments exactly as it does."""
+  fields = c.reward.to_dict()
+  return rewards.make_config(fields.pop("name"), **fields)
+
+
+def training_instruction(trajectories: Iterable[Any]) -> str:
+  """The instruction the training prompts carry, so evaluation prompts carry it too.
+
+  Built-in expert data has none; imported data usually shares one system text. Where
+  imported trajectories differ, live episodes get the most common one, and it is said.
+  """
+  counts = collections.Counter(t.instruction for t in trajectories)
+  if not counts:
+    return ""
+  (most, n), total = counts.most_common(1)[0], sum(counts.values())
+  if len(counts) > 1:
+    log.warning("training trajectories carry %d different instructions; evaluation "
+                "episodes use the most common one (%d of %d trajectories)",
+                len(counts), n, total)
+  return most
+
+
 def make_pool(c: ml_collections.ConfigDict) -> EnvPool:
   return EnvPool(c.env.name, c.env.pool_size, **c.env.get("env_kwargs", {}))
 
@@ -97,6 +147,26 @@ def variants(c: ml_collections.ConfigDict) -> list[str]:
   if bad:
     raise ValueError(f"config.pipeline.variants: unknown {bad}; known: {VARIANTS}")
   return names
+
+
+def eval_modes(c: ml_collections.ConfigDict) -> list[str]:
+  """The policy modes to evaluate; ScienceWorld gets `generate` only.
+
+  ScienceWorld's admissible lists often miss the gold surface form, so held-out states
+  carry the expert action appended to them (`rollout.expert_states`): ranking that list
+  can pick the expert action because it is the only candidate written that way.
+  """
+  modes = list(c.eval.modes)
+  unknown = sorted(set(modes) - set(policy_lib.MODES))
+  if unknown:
+    raise ValueError(f"config.eval.modes: unknown {unknown}; known: {policy_lib.MODES}")
+  ranked = [m for m in modes if m != "generate"]
+  if c.env.name == "scienceworld" and ranked:
+    raise ValueError(
+        f"config.eval.modes: {ranked} not allowed on ScienceWorld: ranking picks from the "
+        "admissible list, to which the expert action is appended because the env's lists "
+        "often miss its surface form, so it favours the expert action; use ['generate']")
+  return modes
 
 
 # --- steps ----------------------------------------------------------------------------
@@ -305,6 +375,7 @@ class Pipeline:
 
   def _run(self) -> dict[str, Any]:
     c = self.c
+    variants(c), eval_modes(c)  # refuse a bad config before any step runs
     st = self.steps
     st["trajectories"] = workflow.run_step(
         "trajectories", self.path("trajectories"), {},
@@ -319,11 +390,10 @@ class Pipeline:
         {"trajectories": st["trajectories"], "tokenizer": st["tokenizer"]},
         lambda d: make_datasets(c, d, self.path("trajectories"), self.path("tokenizer")),
         lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed,
-                             c.pipeline.model_dir])
+                             c.pipeline.model_dir, builders.VERSION])
     st["base"] = workflow.run_step(
         "base", self.path("base"), {"tokenizer": st["tokenizer"]}, self.train_base,
-        config=[c.stages.base.to_dict(), c.model.to_dict(), c.model_preset, c.seed,
-                c.data.max_state_tokens, c.prompts.to_dict(), c.env.to_dict()])
+        config=stage_fingerprint(c, "base", c.seed))
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
     for seed in range(c.pipeline.seeds):
       for v in variants(c):
@@ -337,8 +407,7 @@ class Pipeline:
                 key, self.path(key), {"from": st[prev], "datasets": st["datasets"]},
                 lambda d, stage=stage, prev=prev, seed=seed: self.train_stage(
                     stage, seed, self.path(prev), d),
-                config=[c.stages[stage].to_dict(), c.grpo.to_dict(), c.reward.to_dict(),
-                        c.action_reward.to_dict(), c.optim.to_dict()])
+                config=stage_fingerprint(c, stage, seed))
           prev = key
         ev_key = f"s{seed}/eval_{v}"
         st[ev_key] = workflow.run_step(
@@ -346,7 +415,8 @@ class Pipeline:
             lambda d, prev=prev: self.evaluate(self.path(prev), d),
             lambda r: json.dumps({k: round(v.get("success_rate", v.get("accuracy", 0)), 3)
                                   for k, v in r.items() if isinstance(v, dict)}),
-            config=[c.eval.to_dict(), c.env.to_dict()])
+            config=[c.eval.to_dict(), c.env.to_dict(), c.reward.to_dict(), c.prompts.to_dict(),
+                    c.data.max_state_tokens, stage_config(c, "act", 0).grpo.max_new_tokens])
         with open(os.path.join(self.path(ev_key), "eval.json")) as f:
           evals[v][seed] = json.load(f)["splits"]
     return self.write_results(evals)
@@ -401,12 +471,15 @@ class Pipeline:
     report: dict[str, Any] = {"splits": {}}
     splits = env_splits(c)
     eval_specs = splits_lib.eval_episodes(splits, c.eval.episodes_per_game)
-    for mode in c.eval.modes:
+    instruction = training_instruction(read_jsonl(self.path("trajectories", "train.jsonl")))
+    modes = eval_modes(c)
+    for mode in modes:
       pol = policy_lib.ModelPolicy(self.sampler, params, self.tok, pcfg, mode=mode,
-                                   max_state_tokens=c.data.max_state_tokens)
+                                   max_state_tokens=c.data.max_state_tokens,
+                                   instruction=instruction)
       res = rollout.evaluate(pol, self.pool, eval_specs, c.env.max_steps)
       for split, r in res.items():
-        key = split if mode == c.eval.modes[0] else f"{split}[{mode}]"
+        key = split if mode == modes[0] else f"{split}[{mode}]"
         entry = report["splits"].setdefault(key, {})
         entry.update(success_rate=r["success_rate"], success_rate_ci95=r["success_ci95"],
                      invalid_action_rate=r["invalid_action_rate"], avg_steps=r["avg_steps"],
@@ -414,9 +487,12 @@ class Pipeline:
         trajs = list(read_jsonl(self.path("trajectories", f"{split}.jsonl")))
         na = rollout.next_action_accuracy(pol, trajs, max_states=c.eval.heldout_states)
         entry.update(next_action_accuracy=na["accuracy"],
-                     next_action_accuracy_ci95=na["accuracy_ci95"])
+                     next_action_accuracy_ci95=na["accuracy_ci95"],
+                     next_action_states=na["states"], next_action_episodes=na["episodes"])
         if mode == "generate":
           entry["unparsed_action_rate"] = pol.unparsed / max(pol.generated, 1)
+    judgment = judgment_config(c)
+    max_new = int(stage_config(c, "act", 0).grpo.max_new_tokens)
     for split in splits:
       if split == "train":
         continue
@@ -424,12 +500,12 @@ class Pipeline:
         src = builders.load_source(self.path("datasets", split), "critic_pairs")
       except Exception:  # no critic pairs for this split (e.g. no admissible lists)
         continue
-      recs = [src[i] for i in range(min(len(src), c.eval.critic_pairs))]
-      j = policy_lib.judgment_accuracy(self.sampler, params, self.tok, pcfg, recs)
+      recs = [src[i] for i in policy_lib.evenly_spaced(len(src), c.eval.critic_pairs)]
+      j = policy_lib.judgment_accuracy(self.sampler, params, self.tok, pcfg, recs, judgment,
+                                       max_new_tokens=max_new)
       report["splits"].setdefault(split, {}).update(
-          judgment_accuracy=j["judgment_accuracy"],
-          judgment_accuracy_ci95=j["judgment_accuracy_ci95"],
-          judgment_format_error_rate=j["judgment_format_error_rate"])
+          {k: v for k, v in j.items() if k.startswith("judgment_")},
+          judgment_pairs=j["pairs"], judgment_max_new_tokens=j["max_new_tokens"])
     with open(os.path.join(out, "eval.json"), "w") as f:
       json.dump(report, f, indent=2)
     return report["splits"]
@@ -439,7 +515,7 @@ class Pipeline:
     order = variants(self.c)
     doc = results_lib.write(self.dir, evals, order, extra={
         "config": json.loads(self.c.to_json_best_effort()),
-        "policy_modes": list(self.c.eval.modes)})
+        "policy_modes": eval_modes(self.c)})
     results_lib.plot_variants(self.path("variants.png"), doc["variants"], order)
     curves = {}
     for key in self.steps:

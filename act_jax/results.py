@@ -2,7 +2,9 @@
 
 Input: {variant: {seed: {split: {metric: value}}}}. Output keeps every seed's value
 and adds the mean and a 95% interval over seeds (Student t; with one seed the
-interval is the per-run binomial interval the evaluator reported, and says so).
+interval is the one the evaluator reported for that run: Wilson over episodes, a
+bootstrap over episodes for per-state accuracies), plus paired per-seed deltas of
+each ACT variant against its baseline.
 """
 from __future__ import annotations
 
@@ -13,23 +15,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201,
-         2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074,
-         2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+from act_jax import stats
 
 # The metrics reported per split, and where they sit in an evaluation dict.
-METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy")
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-  """Mean and 95% t-interval over seeds."""
-  v = np.asarray(values, dtype=np.float64)
-  m = float(v.mean())
-  if len(v) < 2:
-    return m, math.nan, math.nan
-  half = _T975[min(len(v) - 1, len(_T975)) - 1] * float(v.std(ddof=1)) / math.sqrt(len(v))
-  return m, m - half, m + half
+METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
+           "judgment_forced_accuracy")
+SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
+         "judgment_accuracy": "judgment acc (greedy)",
+         "judgment_forced_accuracy": "judgment acc (forced choice)"}
+# Each ACT variant against the baseline it extends, on the metrics the pair is about.
+# Both runs of a pair share the seed (data order), so their per-seed difference is paired.
+DELTAS = (("il_w_act", "il", ("success_rate", "next_action_accuracy")),
+          ("rl_w_act", "rl", ("success_rate", "next_action_accuracy")),
+          ("act", "prompt", ("judgment_accuracy", "judgment_forced_accuracy")))
 
 
 def aggregate(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]]]]
@@ -46,16 +44,42 @@ def aggregate(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]
                 if split in ev and ev[split].get(metric) is not None]
         if not vals:
           continue
-        m, lo, hi = mean_ci(vals)
+        m, lo, hi = stats.mean_ci(vals)
         lo, hi = max(lo, 0.0), min(hi, 1.0)  # every metric is a rate: t-tails leave [0, 1]
-        if len(vals) == 1:  # one seed: fall back to the evaluator's binomial interval
+        if len(vals) == 1:  # one seed: fall back to the evaluator's own interval
           ci = seeds[next(iter(seeds))][split].get(metric + "_ci95", [math.nan, math.nan])
           lo, hi = ci
         entry[metric] = {"mean": m, "ci95": [lo, hi], "per_seed": vals,
-                         "interval": "t over seeds" if len(vals) > 1 else "Wilson, one seed"}
+                         "interval": "t over seeds" if len(vals) > 1 else "evaluator's, one seed"}
       splits[split] = entry
     out[variant] = splits
   return out
+
+
+def deltas(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]]]]
+           ) -> dict[str, Any]:
+  """{"il_w_act - il": {split: {metric: paired delta}}} for the pairs in DELTAS present."""
+  out: dict[str, Any] = {}
+  for treated, base, metrics in DELTAS:
+    if treated not in per_seed or base not in per_seed:
+      continue
+    splits: dict[str, Any] = {}
+    names = sorted({s for ev in per_seed[treated].values() for s in ev})
+    for split in names:
+      for metric in metrics:
+        values = lambda v: {seed: ev[split][metric] for seed, ev in per_seed[v].items()
+                            if ev.get(split, {}).get(metric) is not None}
+        d = stats.paired_deltas(values(treated), values(base))
+        if d is not None:
+          splits.setdefault(split, {})[metric] = d
+    if splits:
+      out[f"{treated} - {base}"] = splits
+  return out
+
+
+def _cell(mean: float, ci: Sequence[float]) -> str:
+  lo, hi = ci
+  return f"{100 * mean:.1f}" + ("" if math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
 
 
 def markdown(variants: Mapping[str, Any], order: Sequence[str]) -> str:
@@ -66,33 +90,44 @@ def markdown(variants: Mapping[str, Any], order: Sequence[str]) -> str:
       for metric in metrics:
         if (split, metric) not in cols:
           cols.append((split, metric))
-  short = {"success_rate": "success", "next_action_accuracy": "next-action acc",
-           "judgment_accuracy": "judgment acc"}
-  head = "| variant | " + " | ".join(f"{s} {short[m]}" for s, m in cols) + " |"
+  head = "| variant | " + " | ".join(f"{s} {SHORT[m]}" for s, m in cols) + " |"
   lines = [head, "|" + "---|" * (len(cols) + 1)]
   for v in order:
     cells = []
     for split, metric in cols:
       e = variants.get(v, {}).get(split, {}).get(metric)
-      if e is None:
-        cells.append("–")
-        continue
-      lo, hi = e["ci95"]
-      ci = "" if math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
-      cells.append(f"{100 * e['mean']:.1f}{ci}")
+      cells.append("–" if e is None else _cell(e["mean"], e["ci95"]))
     lines.append(f"| {v} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def deltas_markdown(paired: Mapping[str, Any]) -> str:
+  """One row per (pair, split, metric): mean delta in points, t-interval, per seed."""
+  lines = ["| pair | split | metric | mean delta [95% t-CI] | per seed |",
+           "|---|---|---|---|---|"]
+  for pair, splits in paired.items():
+    for split, metrics in splits.items():
+      for metric, d in metrics.items():
+        per = " / ".join(f"{100 * x:+.1f}" for x in d["per_seed"])
+        lines.append(f"| {pair} | {split} | {SHORT[metric]} | {_cell(d['mean'], d['ci95'])} "
+                     f"| {per} |")
   return "\n".join(lines) + "\n"
 
 
 def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
           extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   variants = aggregate(per_seed)
-  doc = {"variants": variants, "order": list(order), **(extra or {})}
+  paired = deltas(per_seed)
+  doc = {"variants": variants, "deltas": paired, "order": list(order), **(extra or {})}
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(doc, f, indent=2)
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("# Results\n\nPercentages; mean over seeds with a 95% interval.\n\n")
+    f.write("# Results\n\nPercentages; mean over seeds with a 95% interval (t over seeds; "
+            "with one seed, the run's own interval).\n\n")
     f.write(markdown(variants, order))
+    if paired:
+      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds)\n\n")
+      f.write(deltas_markdown(paired))
   return doc
 
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from act_jax.data import prompts
+from act_jax import parsing
 
 
 class Scores(NamedTuple):
@@ -48,9 +47,15 @@ def register(name: str, config_cls: type) -> Callable:
 
 def make(name: str, **overrides: Any) -> RewardFn:
   """The reward `name` with its config's fields overridden: `(texts, meta) -> Scores`."""
+  cfg = make_config(name, **overrides)
+  return functools.partial(_REGISTRY[name][0], cfg=cfg)
+
+
+def make_config(name: str, **overrides: Any) -> Any:
+  """The settings dataclass of reward `name` with `overrides` applied (checked)."""
   if name not in _REGISTRY:
     raise ValueError(f"config.reward.name: unknown reward {name!r}; known: {sorted(_REGISTRY)}")
-  fn, cls = _REGISTRY[name]
+  cls = _REGISTRY[name][1]
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(overrides) - known)
   if unknown:
@@ -58,20 +63,7 @@ def make(name: str, **overrides: Any) -> RewardFn:
                      f"known: {sorted(known)}")
   if "letters" in overrides:
     overrides["letters"] = tuple(overrides["letters"])
-  return functools.partial(fn, cfg=cls(**overrides))
-
-
-def strip_reasoning(text: str, start: str, end: str) -> str | None:
-  """The text after the reasoning block; None if a block was opened but never closed.
-
-  With thinking models the answer must follow `</think>`: an answer written inside
-  an unfinished block (a length-truncated completion) does not count.
-  """
-  if end and end in text:
-    return text.rsplit(end, 1)[1]
-  if start and start in text:
-    return None
-  return text
+  return cls(**overrides)
 
 
 # --- ACT stage 2: which of two actions is better -------------------------------------
@@ -81,58 +73,28 @@ def strip_reasoning(text: str, start: str, end: str) -> str | None:
 class JudgmentConfig:
   """Reward values and the answer format of the critic (pairwise judgment) task.
 
-  conflicting: "malformed" makes a completion that answers two different letters
-    (`Answer: A` ... `Answer: B`) malformed; "last" keeps the last answer.
-  final_line_only: the answer must be on the last non-empty line, as the prompt asks.
+  final_line_only, conflicting: how strictly answers parse (`parsing.parse_judgment`).
   """
   correct: float = 1.0
   wrong: float = 0.0
   malformed: float = 0.0
-  letters: tuple[str, ...] = prompts.PromptConfig.letters
-  answer_pattern: str = prompts.PromptConfig.answer_pattern
+  letters: tuple[str, ...] = parsing.LETTERS
+  answer_pattern: str = parsing.ANSWER_PATTERN
   final_line_only: bool = True
   conflicting: str = "malformed"
-  reasoning_start: str = "<think>"
-  reasoning_end: str = "</think>"
+  reasoning_start: str = parsing.REASONING_START
+  reasoning_end: str = parsing.REASONING_END
   label_key: str = "label"
-
-
-# Parse outcomes; everything but OK is a format error.
-OK, MISSING, NOT_FINAL, INVALID, AMBIGUOUS, UNFINISHED = (
-    "ok", "missing", "not_final", "invalid", "ambiguous", "unfinished")
-
-
-def parse_judgment(text: str, cfg: JudgmentConfig) -> tuple[str | None, str]:
-  """(letter or None, outcome) for one critic completion."""
-  body = strip_reasoning(text, cfg.reasoning_start, cfg.reasoning_end)
-  if body is None:
-    return None, UNFINISHED
-  matches = list(re.finditer(cfg.answer_pattern, body))
-  if not matches:
-    return None, MISSING
-  last = matches[-1]
-  line, _, after = body[last.end():].partition("\n")
-  if cfg.final_line_only and after.strip():
-    return None, NOT_FINAL
-  letters = [l.upper() for l in cfg.letters]
-  letter = last.group(1).upper()
-  if letter not in letters:
-    return None, INVALID
-  others = [re.escape(l) for l in cfg.letters if l.upper() != letter]
-  # "Answer: A or B", "Answer: A/B": the final line names another choice too.
-  if others and re.search(r"\b(?:" + "|".join(others) + r")\b", line):
-    return None, AMBIGUOUS
-  said = {m.group(1).upper() for m in matches} & set(letters)
-  if cfg.conflicting == "malformed" and len(said) > 1:
-    return None, AMBIGUOUS
-  return cfg.letters[letters.index(letter)], OK
 
 
 @register("judgment", JudgmentConfig)
 def judgment_reward(texts: Sequence[str], meta: Mapping[str, Sequence[Any]],
                     cfg: JudgmentConfig) -> Scores:
   """1 for the expert's letter, 0 for the other, `malformed` for anything else."""
-  parsed = [parse_judgment(t, cfg)[0] for t in texts]
+  parsed = [parsing.parse_judgment(
+      t, cfg.letters, cfg.answer_pattern, final_line_only=cfg.final_line_only,
+      conflicting=cfg.conflicting, reasoning_start=cfg.reasoning_start,
+      reasoning_end=cfg.reasoning_end)[0] for t in texts]
   labels = meta[cfg.label_key]
   correct = np.array([p is not None and p == l for p, l in zip(parsed, labels)])
   malformed = np.array([p is None for p in parsed])
@@ -154,28 +116,11 @@ class ActionConfig:
   admissible: float = 0.1
   other: float = 0.0
   malformed: float = -0.5
-  action_pattern: str = prompts.DEFAULT_ACTION_PATTERN
-  reasoning_start: str = "<think>"
-  reasoning_end: str = "</think>"
+  action_pattern: str = parsing.ACTION_PATTERN
+  reasoning_start: str = parsing.REASONING_START
+  reasoning_end: str = parsing.REASONING_END
   expert_key: str = "expert_action"
   admissible_key: str = "admissible"
-
-
-def normalize_action(action: str) -> str:
-  """Case, spacing, quotes and a trailing full stop do not make a different action."""
-  a = " ".join(action.strip().lower().split())
-  a = a.strip("`'\"*")
-  return a[:-1].rstrip() if a.endswith(".") else a
-
-
-def parse_action(text: str, cfg: ActionConfig) -> str | None:
-  """The normalised action a completion names, or None if it names none."""
-  body = strip_reasoning(text, cfg.reasoning_start, cfg.reasoning_end)
-  if body is None:
-    return None
-  action, _ = prompts.split_action(body, cfg.action_pattern)
-  action = normalize_action(action) if action else ""
-  return action or None
 
 
 @register("action", ActionConfig)
@@ -185,9 +130,11 @@ def action_reward(texts: Sequence[str], meta: Mapping[str, Sequence[Any]],
   admissible = meta.get(cfg.admissible_key) or [()] * len(texts)
   rewards, correct, malformed = [], [], []
   for text, expert, valid in zip(texts, meta[cfg.expert_key], admissible):
-    action = parse_action(text, cfg)
-    is_expert = action is not None and action == normalize_action(expert)
-    is_valid = action is not None and action in {normalize_action(v) for v in valid}
+    action = parsing.parse_action(text, cfg.action_pattern, reasoning_start=cfg.reasoning_start,
+                                  reasoning_end=cfg.reasoning_end)
+    action = parsing.normalize_action(action) if action is not None else None
+    is_expert = action is not None and action == parsing.normalize_action(expert)
+    is_valid = action is not None and action in {parsing.normalize_action(v) for v in valid}
     rewards.append(cfg.malformed if action is None else cfg.expert if is_expert
                    else cfg.admissible if is_valid else cfg.other)
     correct.append(is_expert)

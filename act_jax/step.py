@@ -2,8 +2,9 @@
 
 `make_train_step` returns `step(state, batch) -> (state, metrics)`: gradient
 accumulation over microbatches with the loss normalised by the global denominator, an
-optax update, and a guard that skips (and counts) any update whose loss or gradient is
-not finite. Stages differ only in the registered loss they pass in.
+optax update, and guards that skip (and count) any update whose loss or gradient is
+not finite (`skipped`) or whose loss has no tokens (`no_signal`: e.g. every GRPO group
+filtered). Stages differ only in the registered loss they pass in.
 """
 from __future__ import annotations
 
@@ -20,25 +21,31 @@ from act_jax.models import Params
 TrainState = dict[str, Any]  # {"params", "opt_state", "step", "rng"}
 
 
-def make_optimizer(c: Mapping[str, Any]) -> optax.GradientTransformation:
-  """AdamW with warmup then cosine or constant, global-norm clipping.
+def make_schedule(c: Mapping[str, Any]) -> optax.Schedule:
+  """Learning rate per optimiser update: linear warmup, then cosine or constant.
 
-  Norm scales and biases are not decayed (weight decay on them only shrinks the
-  residual stream's gains).
+  `warmup_steps` and `total_steps` count optimiser updates, not batches: a stage with
+  mu updates per batch advances the schedule mu times per step.
   """
   warmup = int(c.get("warmup_steps", 0))
   total = max(int(c.get("total_steps", 1)), warmup + 1)
   lr = float(c["lr"])
   kind = c.get("schedule", "cosine")
   if kind == "cosine":
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total,
-                                               end_value=lr * float(c.get("final_lr_frac", 0.1)))
-  elif kind == "constant":
-    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
-                                  optax.constant_schedule(lr)], [max(warmup, 1)])
-  else:
-    raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine' or 'constant'")
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total,
+                                              end_value=lr * float(c.get("final_lr_frac", 0.1)))
+  if kind == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
+                                 optax.constant_schedule(lr)], [max(warmup, 1)])
+  raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine' or 'constant'")
 
+
+def make_optimizer(c: Mapping[str, Any]) -> optax.GradientTransformation:
+  """AdamW on `make_schedule(c)`, global-norm clipping.
+
+  Norm scales and biases are not decayed (weight decay on them only shrinks the
+  residual stream's gains).
+  """
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(
         lambda path, _: not any("norm" in str(k) or str(getattr(k, "key", "")).startswith("b")
@@ -46,7 +53,7 @@ def make_optimizer(c: Mapping[str, Any]) -> optax.GradientTransformation:
 
   return optax.chain(
       optax.clip_by_global_norm(float(c.get("grad_clip", 1.0))),
-      optax.adamw(sched, b1=float(c.get("b1", 0.9)), b2=float(c.get("b2", 0.95)),
+      optax.adamw(make_schedule(c), b1=float(c.get("b1", 0.9)), b2=float(c.get("b2", 0.95)),
                   eps=float(c.get("eps", 1e-8)), weight_decay=float(c.get("weight_decay", 0.0)),
                   mask=decay_mask))
 
@@ -62,7 +69,9 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
   """Builds the pure step for the registered loss `loss_name`.
 
   The batch is split into `updates_per_batch` minibatches (GRPO's mu), each one an
-  optimiser update made of `accum_steps` accumulated microbatches.
+  optimiser update made of `accum_steps` accumulated microbatches. An update whose loss
+  denominator is 0 (no loss tokens) leaves params and optimiser state untouched: AdamW
+  would otherwise move the params on stale moments and advance the schedule.
   """
   loss_fn = losses.get(loss_name)
 
@@ -88,6 +97,7 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
       (grads, total, denom), per_mb = jax.lax.scan(
           body, (zeros, jnp.zeros(()), jnp.zeros(())), mbs)
       metrics = {k: (v.sum() if k.startswith("n_") else v.mean()) for k, v in per_mb.items()}
+    signal = denom > 0
     denom = jnp.maximum(denom, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = total / denom
@@ -97,12 +107,13 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
     safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
     updates, opt_state = optimizer.update(safe, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    apply = finite & signal
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
     new_state = {"params": keep(new_params, params),
                  "opt_state": keep(opt_state, state["opt_state"]),
                  "step": state["step"], "rng": state["rng"]}
     out = {"loss": loss, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32),
-           **metrics}
+           "no_signal": (~signal).astype(jnp.int32), **metrics}
     return new_state, out
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
@@ -111,8 +122,8 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
       return {**state, "step": state["step"] + 1}, metrics
     state, per = jax.lax.scan(update, state, _split(batch, updates_per_batch))
     state = {**state, "step": state["step"] + 1}
-    metrics = {k: (v.sum() if k == "skipped" or k.startswith("n_") else v.mean())
-               for k, v in per.items()}
+    metrics = {k: (v.sum() if k in ("skipped", "no_signal") or k.startswith("n_")
+                   else v.mean()) for k, v in per.items()}
     return state, metrics
 
   return step

@@ -2,7 +2,8 @@
 
 ScienceWorld's metric in the paper is next-action accuracy on held-out expert states;
 episode success is reported too. Its valid-action lists miss gold surface forms, so the
-expert action is added to the admissible set (see act_jax/envs/sciworld.py).
+expert action is added to the admissible set (see act_jax/envs/sciworld.py); ranking that
+set would favour the expert action, so policies are evaluated in generate mode only.
     python -m act_jax.main --config configs/smollm2_scienceworld.py:cpu --workdir runs/sw
 """
 import importlib.util
@@ -20,4 +21,5 @@ def get_config(arg: str = "gpu"):
                     heldout_per_game=1 if small else 3, max_steps=40,
                     env_kwargs=dict()))
   c.data.max_state_tokens = 1024
+  c.eval.modes = ["generate"]
   return c

@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+from act_jax import parsing
 from act_jax.data import alternatives as alt_lib
 from act_jax.data import build, builders, examples, importers, pipeline, prompts
 from act_jax.data import states as states_lib
@@ -266,7 +267,7 @@ def test_admissible_alternatives_filter_sample_and_count(tok):
   assert by_id["alf-book-2/1"] == [] and by_id["alf-book-2/2"] == []
   for s, a in zip(states, alts):
     assert len(a) <= 3 and len(set(a)) == len(a)
-    assert all(alt_lib.normalize_action(x) != alt_lib.normalize_action(s.expert_action)
+    assert all(parsing.normalize_action(x) != parsing.normalize_action(s.expert_action)
                for x in a)
     assert all(x in s.admissible for x in a)
   counts = drops.to_dict()
@@ -378,13 +379,12 @@ def test_chat_template_arguments_per_prompt_kind():
 
 
 def test_parsers_round_trip_the_templates():
-  assert prompts.parse_answer("I think...\n" + prompts.answer_text("B", CFG), CFG) == "B"
-  assert prompts.parse_answer("Answer: A is wrong.\nAnswer: **b**", CFG) == "B"
-  assert prompts.parse_answer("Answer: C", CFG) is None
-  assert prompts.parse_answer("no answer", CFG) is None
+  answer = "I think...\n" + prompts.answer_text("B", CFG)
+  assert parsing.parse_judgment(answer, CFG.letters, CFG.answer_pattern) == ("B", parsing.OK)
   target = prompts.action_target("go to desk 1", CFG)
-  assert prompts.parse_action("<think>Action: x</think>\n" + target, CFG) == "go to desk 1"
-  assert prompts.parse_action("nothing", CFG) is None
+  assert parsing.parse_action("<think>Action: x</think>\n" + target,
+                              CFG.action_pattern) == "go to desk 1"
+  assert parsing.parse_action("nothing", CFG.action_pattern) is None
   cfg = prompts.PromptConfig.from_dict(json.loads(json.dumps(CFG.to_dict())))
   assert cfg == CFG
   with pytest.raises(ValueError, match="unknown"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from act_jax import losses, sharding
+from act_jax import config_lib, loop, losses, sharding, step as step_lib
 from act_jax.losses import grpo
 from act_jax.models import (ModelConfig, abstract_params, graphdef, init_params, logical_axes,
                             positions_from_mask)
@@ -224,3 +224,75 @@ def test_mesh_gradient_equals_single_device():
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g8, g1)
   assert max(float(np.abs(x).max()) for x in jax.tree.leaves(g1)) > 0
+
+
+# --- The shared step on GRPO batches ---------------------------------------------------
+
+
+def _tree_equal(a, b) -> bool:
+  la, lb = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def _update_counts(opt_state) -> list[int]:
+  """AdamW's and the learning-rate schedule's update counters."""
+  return [int(x) for path, x in jax.tree_util.tree_leaves_with_path(opt_state)
+          if jax.tree_util.keystr(path).endswith(".count")]
+
+
+def _grpo_step(accum_steps=1, updates_per_batch=1):
+  opt = step_lib.make_optimizer({"lr": 1e-2, "warmup_steps": 0, "total_steps": 10})
+  fn = step_lib.make_train_step(graphdef(CFG), "grpo", opt, grpo.GRPOConfig(beta=0.1),
+                                accum_steps, updates_per_batch)
+  return opt, jax.jit(fn)
+
+
+@pytest.mark.parametrize("accum_steps, mu", [(1, 1), (2, 2)])
+def test_batch_without_loss_tokens_leaves_params_and_optimizer_untouched(accum_steps, mu):
+  """Every group filtered: no update at all (no AdamW moment drift, no schedule
+  advance), but the step counts, reported as no_signal once per skipped update."""
+  params, batch, _, _ = random_batch()
+  opt, step = _grpo_step(accum_steps, mu)
+  # Real updates first (the first at warmup's lr 0), so AdamW holds moments that a
+  # zero-gradient update would still apply.
+  state = step_lib.init_state(params, opt, 0)
+  for _ in range(2):
+    state, m = step(state, batch)
+    assert int(m["no_signal"]) == 0 and int(m["skipped"]) == 0
+  assert not _tree_equal(state["params"], params)
+  assert _update_counts(state["opt_state"]) == [2 * mu] * 2
+  empty = {**batch, "completion_mask": np.zeros_like(batch["completion_mask"])}
+  after, m = step(state, empty)
+  assert _tree_equal(after["params"], state["params"])
+  assert _tree_equal(after["opt_state"], state["opt_state"])
+  assert int(after["step"]) == int(state["step"]) + 1 == 3
+  assert int(m["no_signal"]) == mu and int(m["skipped"]) == 0
+
+
+def test_mu_minibatch_without_loss_tokens_is_the_only_one_skipped():
+  params, batch, _, _ = random_batch()
+  opt, step = _grpo_step(updates_per_batch=2)
+  # Minibatch 1 takes the odd rows (see step._split): no loss tokens there.
+  half = {**batch, "completion_mask": batch["completion_mask"].copy()}
+  half["completion_mask"][1::2] = False
+  state, m = step(step_lib.init_state(params, opt, 0), batch)
+  state, m = step(state, half)
+  assert int(m["no_signal"]) == 1 and _update_counts(state["opt_state"]) == [3, 3]
+
+
+def test_schedule_counts_the_mu_updates_of_each_step():
+  """The learning-rate schedule advances once per optimiser update, mu per step, so the
+  run's schedule is train.steps x mu updates long and ends at the last one."""
+  params, batch, _, _ = random_batch()
+  opt, step = _grpo_step(updates_per_batch=2)
+  state, _ = step(step_lib.init_state(params, opt, 0), batch)
+  assert _update_counts(state["opt_state"]) == [2, 2]
+  c = config_lib.base()
+  c.train.steps = 10
+  c.grpo = grpo_stage.default_config(updates_per_batch=2)
+  stage = grpo_stage.GRPOStage(c, train_source=[], reward=None, detokenize=str)
+  optim = loop.optimizer_config(c, stage)
+  assert optim["total_steps"] == 20 and optim["warmup_steps"] == c.optim.warmup_steps
+  sched = step_lib.make_schedule(optim)
+  end = c.optim.lr * c.optim.final_lr_frac
+  assert float(sched(20)) == pytest.approx(end) and float(sched(10)) > 2 * end

@@ -80,3 +80,12 @@ def test_critic_learning_check(tmp_path):
            if "eval_accuracy" in r]
   assert before["eval_accuracy"] <= 0.6
   assert curve[-1] > 0.9, curve
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 50), ("top_p", 0.9)])
+def test_truncated_sampling_is_refused(field, value):
+  """The loss's ratio uses log-probs of the full softmax, not of a truncated sampler."""
+  c = tiny_config()
+  c.grpo[field] = value
+  with pytest.raises(ValueError, match=rf"config\.grpo\.{field}={value}"):
+    synthetic_critic.make_stage(c)

@@ -13,16 +13,16 @@ from act_jax import losses, sharding, workflow
 from act_jax.models import ModelConfig, abstract_params, graphdef, init_params, logical_axes
 
 
-def _embedded_config():
-  spec = importlib.util.spec_from_file_location("embedded", "configs/embedded.py")
+def _config(name, *args):
+  spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod.get_config(*args)
 
 
 def micro_config():
   """configs/embedded.py with every budget cut to a few steps and episodes."""
-  c = _embedded_config()
+  c = _config("embedded")
   c.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                       num_kv_heads=1, head_dim=16))
   c.env.update(dict(train_per_game=3, heldout_per_game=1, max_steps=3, pool_size=2))
@@ -31,7 +31,8 @@ def micro_config():
   for name in ("base", "il", "act", "rl"):
     c.stages[name].update(dict(steps=2, batch_size=8))
   c.stages.base.rollouts_per_game = 1
-  c.grpo.update(dict(group_size=2, max_new_tokens=4))
+  for name in ("act", "rl"):
+    c.stages[name].grpo.update(dict(group_size=2, max_new_tokens=4))
   c.eval.update(dict(modes=["rank"], episodes_per_game=1, heldout_states=4, critic_pairs=4))
   return c
 
@@ -183,3 +184,19 @@ def test_seed_aggregate_is_a_t_interval_clipped_to_rates():
   narrow = results.aggregate({"il": {i: ev(v) for i, v in enumerate(vals)}})
   assert narrow["il"]["id"]["success_rate"]["ci95"] == pytest.approx([0.48244, 0.51756],
                                                                      abs=1e-4)
+
+
+@pytest.mark.parametrize("arg", ["cpu", "gpu"])
+def test_scienceworld_is_evaluated_by_generation_only(arg):
+  from act_jax.main import eval_modes
+  c = _config("smollm2_scienceworld", arg)
+  assert eval_modes(c) == ["generate"]
+  # Ranking would pick from admissible lists the expert action was appended to.
+  for modes in (["generate", "rank"], ["rank_mean"]):
+    c.eval.modes = modes
+    with pytest.raises(ValueError, match=r"config\.eval\.modes.*ScienceWorld"):
+      eval_modes(c)
+  c.eval.modes = ["generate", "nope"]
+  with pytest.raises(ValueError, match=r"config\.eval\.modes: unknown \['nope'\]"):
+    eval_modes(c)
+  assert eval_modes(_config("smollm2_twx", arg)) == ["generate", "rank"]

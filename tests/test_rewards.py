@@ -1,30 +1,14 @@
-"""Rewards: the judgment parser's outcomes and the action reward's tiers."""
+"""Rewards: the judgment and action rewards' tiers (their parsers: test_parsing.py)."""
 import numpy as np
 import pytest
 
 from act_jax import rewards
 
 
-@pytest.mark.parametrize("text, letter, outcome", [
-    ("The first action opens the drawer.\nAnswer: A", "A", rewards.OK),
-    ("reasoning\n\n**Answer:** B\n", "B", rewards.OK),
-    ("Answer: (a)", "A", rewards.OK),
-    ("<think>A looks right, but B does the task.</think>\nAnswer: B", "B", rewards.OK),
-    ("Both look fine to me.", None, rewards.MISSING),
-    ("<think>Answer: A is tempting, but", None, rewards.UNFINISHED),
-    ("Answer: A\nbecause it is closer.", None, rewards.NOT_FINAL),
-    ("Answer: C", None, rewards.INVALID),
-    ("Answer: A or B", None, rewards.AMBIGUOUS),
-    ("Answer: A/B", None, rewards.AMBIGUOUS),
-    ("First I thought Answer: A.\nAnswer: B", None, rewards.AMBIGUOUS),
-])
-def test_parse_judgment(text, letter, outcome):
-  assert rewards.parse_judgment(text, rewards.JudgmentConfig()) == (letter, outcome)
-
-
 def test_conflicting_answers_can_keep_the_last():
-  cfg = rewards.JudgmentConfig(conflicting="last")
-  assert rewards.parse_judgment("Answer: A?\nNo.\nAnswer: B", cfg) == ("B", rewards.OK)
+  text, meta = ["Answer: A?\nNo.\nAnswer: B"], {"label": ["B"]}
+  assert rewards.make("judgment")(text, meta).malformed.tolist() == [True]
+  assert rewards.make("judgment", conflicting="last")(text, meta).correct.tolist() == [True]
 
 
 def test_judgment_reward_correct_wrong_malformed():
@@ -62,8 +46,8 @@ def test_action_reward_tiers():
 
 
 def test_action_on_next_line():
-  assert rewards.parse_action("Action:\n  Open Fridge 1 ", rewards.ActionConfig()) == (
-      "open fridge 1")
+  s = rewards.make("action")(["Action:\n  Open Fridge 1 "], {"expert_action": ["open fridge 1"]})
+  assert s.correct.tolist() == [True]
 
 
 def test_make_rejects_unknown_names():

@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
+from act_jax import parsing
 from act_jax.data import prompts
 from act_jax.data.report import DropLog
 from act_jax.data.states import State
@@ -38,12 +39,6 @@ class AlternativesConfig:
   seed: int = 0
 
 
-def normalize_action(action: str, case_insensitive: bool = True) -> str:
-  """The form two actions are compared in: whitespace collapsed, maybe lowercased."""
-  action = " ".join(action.split())
-  return action.lower() if case_insensitive else action
-
-
 def stable_seed(*parts: Any) -> int:
   """A 32-bit seed from any parts, equal across processes (unlike `hash`)."""
   digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
@@ -55,9 +50,10 @@ def filter_candidates(candidates: Sequence[str | None], expert: str,
                       admissible: Sequence[str] | None = None) -> list[str]:
   """Distinct non-expert actions, in order, whitespace-normalised.
 
-  None stands for a completion with no parseable action.
+  Compared as `parsing.normalize_action` compares them; None stands for a completion
+  with no parseable action.
   """
-  norm = lambda a: normalize_action(a, cfg.case_insensitive)
+  norm = lambda a: parsing.normalize_action(a, cfg.case_insensitive)
   expert_key = norm(expert)
   seen = {expert_key}
   allowed = {norm(a) for a in admissible} if admissible is not None else None
@@ -125,7 +121,7 @@ def policy_alternatives(states: Sequence[State], sample_fn: SampleFn,
       if len(completions) != cfg.k:
         raise ValueError(f"sample_fn returned {len(completions)} samples for "
                          f"{s.state_id}, expected {cfg.k}")
-      cands = [prompts.parse_action(c, prompt_cfg) for c in completions]
+      cands = [parsing.parse_action(c, prompt_cfg.action_pattern) for c in completions]
       alts = filter_candidates(
           cands, s.expert_action, cfg, s.state_id, drops,
           admissible=s.admissible if cfg.require_admissible else None)

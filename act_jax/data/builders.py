@@ -23,8 +23,9 @@ _ids = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)
 
 class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
   """Writes given (key, record) pairs; subclasses declare the features."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Critic pairs keep their rendered state (re-ordered evaluation)."}
   FEATURES: dict[str, Any] = {}
   PADDED_FIELDS: tuple[str, ...] = ()  # What `pipeline.make_batches` pads.
   # No checksums or package resources to find. Setting this also avoids
@@ -55,7 +56,7 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
 class CriticPairs(_RecordsBuilder):
   """ACT stage 2: which of two actions is better; label = the expert's letter."""
   FEATURES = {
-      "state_id": _text, "source": _text, "alternative_source": _text,
+      "state_id": _text, "source": _text, "state": _text, "alternative_source": _text,
       "prompt": _text, "prompt_ids": _ids, "label": _text,
       "expert_action": _text, "alternative_action": _text,
       "action_a": _text, "action_b": _text,
@@ -90,6 +91,9 @@ def write_dataset(builder_cls: type[_RecordsBuilder], out_dir: str,
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(download_mode=mode))
   return str(builder.data_dir)
+
+
+VERSION = str(_RecordsBuilder.VERSION)  # part of the pipeline's datasets fingerprint
 
 
 def dataset_dir(out_dir: str, name: str,

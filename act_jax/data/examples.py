@@ -52,7 +52,7 @@ def critic_records(states: Sequence[State], alternatives: Sequence[Sequence[str]
       a, b = (s.expert_action, alt) if pos == 0 else (alt, s.expert_action)
       texts.append(prompts.critic_prompt(tokenizer, s.text, a, b, cfg))
       recs.append((f"{s.state_id}|{j}", {
-          "state_id": s.state_id, "source": s.source,
+          "state_id": s.state_id, "source": s.source, "state": s.text,
           "alternative_source": alternative_source,
           "label": cfg.letters[int(pos)], "expert_action": s.expert_action,
           "alternative_action": alt, "action_a": a, "action_b": b}))

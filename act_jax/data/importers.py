@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any, Iterator, Literal, Sequence
 
-from act_jax.data import prompts
+from act_jax import parsing
 from act_jax.data.report import DropLog
 from act_jax.data.trajectory import Step, Trajectory
 
@@ -31,7 +31,7 @@ class ConversationFormat:
                                  "tool")
   assistant_roles: tuple[str, ...] = ("gpt", "assistant", "model", "bot", "agent")
   system_roles: tuple[str, ...] = ("system",)
-  action_pattern: str = prompts.DEFAULT_ACTION_PATTERN
+  action_pattern: str = parsing.ACTION_PATTERN
   thought_prefix: str = r"(?i)^\s*thought\s*:\s*"
   # (regex with one group = the task, whether to cut the match from the
   # observation). Tried on the human turns before the first action, last first.
@@ -185,7 +185,7 @@ def conversation_to_trajectory(rec: Any, conv: ConversationFormat = Conversation
   turns = _turns(rec, conv, where)
   system = "\n\n".join(t for r, t in turns if r == "system")
   turns = [(r, t) for r, t in turns if r != "system"]
-  parsed = [prompts.split_action(t, conv.action_pattern) if r == "assistant"
+  parsed = [parsing.split_action(t, conv.action_pattern) if r == "assistant"
             else (None, t) for r, t in turns]
   first = next((i for i, (r, _) in enumerate(turns)
                 if r == "assistant" and parsed[i][0] is not None), len(turns))

@@ -1,4 +1,4 @@
-"""Every prompt template of the project, and the parsers for what models answer.
+"""Every prompt template of the project; `act_jax.parsing` reads what models answer.
 
 The paper does not publish its templates, so all of them are strings in one
 `PromptConfig` that experiments can override. Templates use `str.format` fields;
@@ -10,10 +10,9 @@ marker when old turns were truncated + history turns + the current observation.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Sequence
 
-DEFAULT_ACTION_PATTERN = r"(?i)\baction\s*:"
+from act_jax import parsing
 
 
 @dataclasses.dataclass
@@ -30,16 +29,16 @@ class PromptConfig:
       "{state}\n\nWhat is your next action? Reply with one line of the form "
       "\"Action: <action>\".")
   action_target: str = "Action: {action}"
-  action_pattern: str = DEFAULT_ACTION_PATTERN
+  action_pattern: str = parsing.ACTION_PATTERN
   # Critic prompt (stage 2 ACT).
   critic_user: str = (
       "{state}\n\nWhich action is better for the task?\n"
       "Action {letter_a}: {action_a}\nAction {letter_b}: {action_b}\n\n"
       "Think it through, then give your final answer on the last line as "
       "\"{answer_a}\" or \"{answer_b}\".")
-  letters: tuple[str, str] = ("A", "B")
+  letters: tuple[str, str] = parsing.LETTERS
   answer_format: str = "Answer: {letter}"
-  answer_pattern: str = r"(?i)\banswer\s*:\s*\**\s*\(?([A-Za-z])\b"
+  answer_pattern: str = parsing.ANSWER_PATTERN
   # Wrapping into a model prompt.
   system: str = ""
   use_chat_template: bool | None = None  # None: use it when the tokenizer has one.
@@ -145,36 +144,3 @@ def action_target(action: str, cfg: PromptConfig) -> str:
 def answer_text(letter: str, cfg: PromptConfig) -> str:
   """The answer line a correct critic completion ends with."""
   return cfg.answer_format.format(letter=letter)
-
-
-# --- Parsers -----------------------------------------------------------------
-
-
-def split_action(text: str, pattern: str = DEFAULT_ACTION_PATTERN
-                 ) -> tuple[str | None, str]:
-  """Returns (action, text before it): the first non-empty line after the last marker.
-
-  Models and datasets write both `Action: go to desk 1` and `Action:\\ngo to desk 1`.
-  """
-  matches = list(re.finditer(pattern, text))
-  if not matches:
-    return None, text
-  last = matches[-1]
-  lines = [l.strip() for l in text[last.end():].splitlines()]
-  action = next((l for l in lines if l), None)
-  return action, text[:last.start()]
-
-
-def parse_action(text: str, cfg: PromptConfig) -> str | None:
-  """The action a model's completion names, or None if it names none."""
-  return split_action(text, cfg.action_pattern)[0]
-
-
-def parse_answer(text: str, cfg: PromptConfig) -> str | None:
-  """The letter of the last `Answer: X` line, or None if absent or not a choice."""
-  matches = re.findall(cfg.answer_pattern, text)
-  if not matches:
-    return None
-  letter = matches[-1].upper()
-  letters = [l.upper() for l in cfg.letters]
-  return cfg.letters[letters.index(letter)] if letter in letters else None

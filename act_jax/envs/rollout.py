@@ -21,6 +21,7 @@ import numpy as np
 from act_jax.data.trajectory import Step, Trajectory
 from act_jax.envs.base import EpisodeSpec
 from act_jax.envs.pool import EnvPool
+from act_jax.parsing import normalize_action
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,25 +32,25 @@ class PolicyInput:
   observation: str
   admissible: tuple[str, ...]
   spec: EpisodeSpec | None = None
+  instruction: str = ""  # a recorded trajectory's own; live episodes have none.
 
   @property
   def step(self) -> int:
     return len(self.history)
 
   def to_trajectory(self, instruction: str = "") -> Trajectory:
-    """This state in the trajectory schema: the last step is the current one, action ""."""
+    """This state in the trajectory schema: the last step is the current one, action "".
+
+    instruction: used when the state carries none of its own (live episodes), so a
+    policy renders it as its training data did.
+    """
     steps = [Step(observation=o, action=a) for o, a in self.history]
     steps.append(Step(observation=self.observation, action="", admissible=list(self.admissible)))
-    return Trajectory(task=self.task, steps=steps, instruction=instruction,
+    return Trajectory(task=self.task, steps=steps, instruction=self.instruction or instruction,
                       meta=self.spec.to_meta() if self.spec else {})
 
 
 Policy = Callable[[Sequence[PolicyInput]], list[str]]
-
-
-def normalize_action(action: str) -> str:
-  """Lower-cased, whitespace-collapsed: how actions are compared."""
-  return " ".join(action.lower().split())
 
 
 class OraclePolicy:
@@ -227,13 +228,13 @@ def evaluate(policy: Policy, pool: EnvPool, splits: Mapping[str, Sequence[Episod
           for name, specs in splits.items()}
 
 
-def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput, str]]:
-  """Every state of every expert trajectory, with the expert's action there.
+def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput, str, int]]:
+  """Every state of every expert trajectory: (state, the expert's action, trajectory index).
 
   Admissible lists are augmented with the expert action (ScienceWorld's may lack it).
   """
   out = []
-  for t in trajectories:
+  for k, t in enumerate(trajectories):
     has_spec = {"env", "game", "split", "seed"} <= t.meta.keys()
     spec = EpisodeSpec.from_meta(t.meta) if has_spec else None
     for i, s in enumerate(t.steps):
@@ -241,36 +242,43 @@ def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput,
       if s.admissible is not None and s.action not in adm:
         adm.append(s.action)
       x = PolicyInput(task=t.task, history=tuple((p.observation, p.action) for p in t.steps[:i]),
-                      observation=s.observation, admissible=tuple(adm), spec=spec)
-      out.append((x, s.action))
+                      observation=s.observation, admissible=tuple(adm), spec=spec,
+                      instruction=t.instruction)
+      out.append((x, s.action, k))
   return out
 
 
 def next_action_accuracy(policy: Policy, trajectories: Iterable[Trajectory],
-                         batch_size: int = 64, max_states: int | None = None) -> dict[str, Any]:
+                         batch_size: int = 64, max_states: int | None = None,
+                         seed: int = 0) -> dict[str, Any]:
   """Fraction of held-out expert states where the policy picks the expert action.
 
   For a scoring policy (rank admissible actions by likelihood) or a generative one;
   actions are compared after `normalize_action`. max_states: at most this many states,
   evenly spaced over all of them (so every game and step depth stays represented).
+  The 95% interval is a bootstrap over episodes (`stats.cluster_bootstrap_ci`): the
+  states of one episode are not independent draws.
   """
+  from act_jax import stats  # pylint: disable=import-outside-toplevel
   states = expert_states(trajectories)
   if max_states is not None and len(states) > max_states:
     keep = np.linspace(0, len(states) - 1, max_states).round().astype(int)
     states = [states[i] for i in keep]
-  correct = admissible = 0
+  hits, admissible = [], 0
   for i in range(0, len(states), batch_size):
     chunk = states[i:i + batch_size]
-    actions = policy([x for x, _ in chunk])
+    actions = policy([x for x, _, _ in chunk])
     if len(actions) != len(chunk):
       raise ValueError(f"policy returned {len(actions)} actions for {len(chunk)} states")
-    for (x, gold), a in zip(chunk, actions):
-      correct += normalize_action(a) == normalize_action(gold)
+    for (x, gold, _), a in zip(chunk, actions):
+      hits.append(normalize_action(a) == normalize_action(gold))
       admissible += normalize_action(a) in {normalize_action(b) for b in x.admissible}
-  n = len(states)
-  lo, hi = wilson_interval(correct, n)
+  n, correct = len(states), int(sum(hits))
+  ci = stats.cluster_bootstrap_ci(hits, [k for _, _, k in states], seed=seed)
   return {"states": n, "correct": correct, "accuracy": correct / n if n else 0.0,
-          "accuracy_ci95": [lo, hi], "admissible_rate": admissible / n if n else 0.0}
+          "accuracy_ci95": list(ci), "episodes": len({k for _, _, k in states}),
+          "interval": "bootstrap over episodes",
+          "admissible_rate": admissible / n if n else 0.0}
 
 
 def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:

@@ -33,13 +33,17 @@ Detokenize = Callable[[Sequence[int]], str]
 Reference = Callable[[loop.Context], Params]
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The `grpo` section. [I] = our inference: the ACT paper states none of these."""
-  return ml_collections.ConfigDict(dict(
+def default_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The `grpo` section with `overrides`. [I] = our inference: the ACT paper states none."""
+  c = ml_collections.ConfigDict(dict(
       group_size=8,  # G completions per prompt [I: the usual GRPO choice].
-      updates_per_batch=1,  # mu: on-policy, one update per generation batch [I].
+      # mu: on-policy, one update per generation batch [I]. The optimiser schedule
+      # (optim.warmup_steps, the decay's length) counts these updates, mu per step.
+      updates_per_batch=1,
       max_new_tokens=1024,  # reasoning budget; a cut-off answer is a format error [I].
-      temperature=1.0, top_k=0, top_p=1.0,  # sample the model's own distribution [I].
+      # Sample the model's own distribution [I]. top_k / top_p must stay off: the
+      # loss's ratio uses log-probs of the untruncated distribution.
+      temperature=1.0, top_k=0, top_p=1.0,
       eps_low=0.2, eps_high=0.28,  # DAPO clip-higher keeps exploration alive [I].
       beta=1e-3,  # KL to the initial model; 0 loads no reference model [I].
       kl_estimator="k3",
@@ -50,9 +54,20 @@ def default_config() -> ml_collections.ConfigDict:
       eos_ids=[],  # empty: the model config's eos_token_id.
       pad_id=-1,  # -1: the model config's pad_token_id, else 0.
   ))
+  unknown = sorted(set(overrides) - set(c))
+  if unknown:
+    raise ValueError(f"config.grpo: unknown fields {unknown}; known: {sorted(c)}")
+  c.update(overrides)
+  return c
 
 
 def loss_config(g: ml_collections.ConfigDict) -> grpo_loss.GRPOConfig:
+  """The loss's settings; refuses truncated sampling, whose ratio the loss gets wrong."""
+  if g.top_k > 0 or g.top_p < 1.0:
+    field = "top_k" if g.top_k > 0 else "top_p"
+    raise ValueError(f"config.grpo.{field}={g[field]}: GRPO needs untruncated sampling "
+                     "(top_k=0, top_p=1.0); the loss's ratio uses log-probs of the full "
+                     "softmax, not of the truncated distribution completions would come from")
   return grpo_loss.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
                               kl_estimator=g.kl_estimator, aggregation=g.aggregation,
                               temperature=g.temperature)
@@ -174,18 +189,10 @@ class GRPOStage(loop.Stage):
   # -- data --
   def batches(self, shard_index: int, shard_count: int) -> loop.Batches:
     return pipeline.make_batches(
-        self.train_source, batch_size=self._per_process(self.config.train.batch_size,
-                                                        shard_count),
+        self.train_source, batch_size=self.config.train.batch_size // shard_count,
         seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
         shard_index=shard_index, shard_count=shard_count, meta=True,
         group_by_length=self.config.data.get("group_by_length", 0))
-
-  @staticmethod
-  def _per_process(global_size: int, shard_count: int) -> int:
-    if global_size % shard_count:
-      raise ValueError(f"batch size {global_size} is not divisible by the {shard_count} "
-                       "processes")
-    return global_size // shard_count
 
   def _pad_id(self, ctx: loop.Context | None) -> int:
     if self.g.pad_id >= 0:
@@ -288,7 +295,10 @@ class GRPOStage(loop.Stage):
 
   def eval_batches(self) -> Iterable[dict[str, Any]]:
     count = jax.process_count()
+    if self.g.eval_batch_size % count:
+      raise ValueError(f"{self.name}: config.grpo.eval_batch_size={self.g.eval_batch_size} "
+                       f"is not divisible by the {count} processes")
     return pipeline.make_batches(
-        self.eval_source, batch_size=self._per_process(int(self.g.eval_batch_size), count),
+        self.eval_source, batch_size=int(self.g.eval_batch_size) // count,
         seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
         shard_index=jax.process_index(), shard_count=count, num_epochs=1, meta=True)

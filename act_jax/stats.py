@@ -1,0 +1,69 @@
+"""Intervals for the numbers the pipeline publishes.
+
+Three kinds, each for the dependence structure of what it summarises:
+  t over seeds         runs of one variant (or paired per-seed deltas of two)
+  cluster bootstrap    one run's per-state outcomes, resampled by episode: states of
+                       one episode share its history and objects, so they are not
+                       independent draws and a binomial interval would be too narrow
+  Wilson               independent trials (episodes), in `envs.rollout`
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201,
+         2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074,
+         2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+  """Mean and 95% t-interval; the interval is NaN with fewer than two values."""
+  v = np.asarray(values, dtype=np.float64)
+  m = float(v.mean())
+  if len(v) < 2:
+    return m, math.nan, math.nan
+  half = _T975[min(len(v) - 1, len(_T975)) - 1] * float(v.std(ddof=1)) / math.sqrt(len(v))
+  return m, m - half, m + half
+
+
+def cluster_bootstrap_ci(outcomes: Sequence[float], clusters: Sequence[Hashable],
+                         n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+  """95% percentile interval of a mean, resampling whole clusters with replacement.
+
+  Each resample draws as many clusters as there are and pools their outcomes, so a
+  large episode weighs as much as it does in the point estimate.
+  """
+  y = np.asarray(outcomes, dtype=np.float64)
+  if len(y) == 0:
+    return (0.0, 1.0)
+  _, idx = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+  sums = np.bincount(idx, weights=y)
+  counts = np.bincount(idx).astype(np.float64)
+  rng = np.random.default_rng(seed)
+  draws = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+  means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+  lo, hi = np.percentile(means, [2.5, 97.5])
+  return (float(lo), float(hi))
+
+
+def paired_deltas(treated: dict[Any, float], baseline: dict[Any, float]
+                  ) -> dict[str, Any] | None:
+  """Per-seed differences treated − baseline over the seeds both have, with a t-interval.
+
+  A baseline with a single entry (θ0, evaluated once) is subtracted from every seed.
+  """
+  if len(baseline) == 1:
+    (only,) = baseline.values()
+    pairs = {s: v - only for s, v in treated.items()}
+  else:
+    pairs = {s: treated[s] - baseline[s] for s in treated if s in baseline}
+  if not pairs:
+    return None
+  seeds = sorted(pairs)
+  m, lo, hi = mean_ci([pairs[s] for s in seeds])
+  return {"mean": m, "ci95": [lo, hi], "per_seed": [pairs[s] for s in seeds],
+          "seeds": seeds}
