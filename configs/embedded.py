@@ -59,6 +59,6 @@ def get_config():
       rl=dict(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
               grpo=grpo.default_config(**g))))
   c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=10,
-                                          heldout_states=140, critic_pairs=140))
+                                          heldout_states=140, critic_pairs=400))
   c.checkpoint.async_save = False
   return c
