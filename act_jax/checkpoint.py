@@ -224,8 +224,11 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 
 def checkpoints_dir(path: str) -> epath.Path:
-  """`path` itself if it holds steps, else its `checkpoints/` (a training workdir)."""
-  p = epath.Path(path)
+  """`path` itself if it holds steps, else its `checkpoints/` (a training workdir).
+
+  Local paths are made absolute: Orbax refuses to restore from a relative one.
+  """
+  p = epath.Path(path).absolute() if "://" not in path else epath.Path(path)
   sub = p / CHECKPOINTS_SUBDIR
   return sub if sub.is_dir() else p
 

@@ -223,6 +223,14 @@ def test_load_params_partial_restore(trained):
   assert not tree_equal(params2, params)  # step 2, not the latest
 
 
+def test_load_params_from_a_relative_path(trained, monkeypatch):
+  # The README's main job passes a relative --workdir; Orbax refuses relative paths.
+  workdir, _, final = trained
+  monkeypatch.chdir(workdir.parent)
+  params, _ = checkpoint.load_params(workdir.name)
+  assert tree_equal(params, final["params"])
+
+
 @QUIET_ORBAX
 def test_load_params_skips_an_unreadable_step(trained, tmp_path, caplog):
   workdir = copy_of(trained[0], tmp_path)
