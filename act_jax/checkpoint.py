@@ -33,13 +33,10 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
-
-from act_jax import config_lib, models, sharding
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +172,7 @@ class Manager:
         f"(step {s}) fails with {type(e).__name__}: {_short(e)}") from e
 
   def restore_config(self, step: int | None = None) -> dict:
-    step = self.latest_step() if step is None else step
-    out = self._mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return dict(out["config"])
+    return _saved_config(self._mgr, self.latest_step() if step is None else step)
 
   def wait(self) -> None:
     self._mgr.wait_until_finished()
@@ -242,54 +237,66 @@ def complete_steps(directory: str | epath.Path) -> list[int]:
                 if _STEP_NAME.match(p.name) and (p / COMMIT_MARKER).exists())
 
 
+def step_candidates(path: str) -> tuple[epath.Path, list[int]]:
+  """(Orbax directory, complete steps newest first) of a training workdir, its
+  `checkpoints/` directory, or one step directory (then that step alone)."""
+  directory = checkpoints_dir(path)
+  if _STEP_NAME.match(directory.name) and (directory / COMMIT_MARKER).exists():
+    return directory.parent, [int(directory.name)]
+  return directory, complete_steps(directory)[::-1]
+
+
 def is_training_dir(path: str) -> bool:
-  """True for a training workdir (or its checkpoints/ dir) holding a complete step."""
-  return bool(complete_steps(checkpoints_dir(path)))
+  """True for a training workdir, its checkpoints/ dir or a step dir holding a complete step."""
+  return bool(step_candidates(path)[1])
 
 
-def load_params(workdir_or_ckpt_dir: str, mesh: jax.sharding.Mesh | None = None,
-                step: int | None = None) -> tuple[models.Params, dict]:
+def read_config(path: str) -> dict:
+  """The experiment + model config saved with a training run's newest complete step."""
+  mgr, steps = _read_only(path)
+  with mgr:
+    return _saved_config(mgr, steps[0])
+
+
+def read_params(path: str, target: Callable[[dict], Any]) -> tuple[Any, dict]:
   """The params (only: no optimiser state is read) of a training run's newest step.
 
-  Accepts a training workdir, its `checkpoints/` directory, or one step directory.
-  Arrays land on `mesh` by the run's saved sharding rules; without a mesh, on device 0.
-  Returns `(params, model_config_dict)`; an unreadable newest step falls back to the
-  previous one with a warning (nothing is renamed: this is a read-only path).
+  `path` is what `step_candidates` accepts. `target(saved_config)` gives the restore
+  target (ShapeDtypeStructs carrying shardings). Returns `(params, saved_config)`; an
+  unreadable newest step falls back to the previous one with a warning (nothing is
+  renamed: this is a read-only path).
   """
-  path = epath.Path(workdir_or_ckpt_dir)
-  if step is None and _STEP_NAME.match(path.name) and (path / COMMIT_MARKER).exists():
-    path, step = path.parent, int(path.name)
-  directory = checkpoints_dir(str(path))
-  candidates = [step] if step is not None else complete_steps(directory)[::-1]
-  if not candidates:
-    raise FileNotFoundError(f"{workdir_or_ckpt_dir}: no complete training checkpoint "
-                            f"(expected step directories under {directory})")
-  mesh = mesh or sharding.make_mesh({"data": 1}, jax.local_devices()[:1])
-  mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    for s in candidates:
+  mgr, steps = _read_only(path)
+  with mgr:
+    for s in steps:
       try:
-        config = dict(mgr.restore(s, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))["config"])
-        model_cfg = models.ModelConfig.from_dict(config["model"])
-        rules = config_lib.sharding_rules(ml_collections.ConfigDict(config["experiment"])) \
-            if "sharding_rules" in config.get("experiment", {}) else sharding.DEFAULT_RULES
-        shapes = models.abstract_params(model_cfg)
-        target = {"params": abstract_like(shapes, sharding.tree_shardings(
-            models.logical_axes(model_cfg), shapes, mesh, rules))}
-        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
+        config = _saved_config(mgr, s)
+        item = {"params": target(config)}
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), item)
         out = mgr.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))
-        return out["state"]["params"], model_cfg.to_dict()
+            item=item, restore_args=restore_args, partial_restore=True)))
+        return out["state"]["params"], config
       except Exception as e:  # pylint: disable=broad-except
-        if s == candidates[-1]:
-          raise CheckpointError(f"{directory}: cannot read params of steps {candidates}; "
+        if s == steps[-1]:
+          raise CheckpointError(f"{mgr.directory}: cannot read params of steps {steps}; "
                                 f"step {s}: {type(e).__name__}: {_short(e)}") from e
         log.warning("%s: step %d cannot be read (%s: %s); trying the previous step",
-                    directory, s, type(e).__name__, _short(e))
-  finally:
-    mgr.close()
+                    mgr.directory, s, type(e).__name__, _short(e))
   raise AssertionError("unreachable")
+
+
+def _read_only(path: str) -> tuple[ocp.CheckpointManager, list[int]]:
+  """A read-only manager over `path`'s steps (to use in `with`) and the steps to try."""
+  directory, steps = step_candidates(path)
+  if not steps:
+    raise FileNotFoundError(f"{path}: no complete training checkpoint "
+                            f"(expected step directories under {directory})")
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True)), steps
+
+
+def _saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
+  return dict(mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
 
 # Key of a saved data state that differs between processes (a list, by process index).

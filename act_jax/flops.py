@@ -29,8 +29,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
   return 6 * matmul_params(cfg) + attention
 
 
-def mfu(flops: float, seconds: float, peak_tflops: float, n_devices: int) -> float | None:
-  """Achieved / peak FLOP rate; `peak_tflops` is per device, None when it is unknown (<= 0)."""
-  if peak_tflops <= 0 or seconds <= 0:
+def mfu(flops: float, seconds: float, peak_tflops: float | None, n_devices: int
+        ) -> float | None:
+  """Achieved / peak FLOP rate, `peak_tflops` per device; None without a positive peak."""
+  if peak_tflops is None or peak_tflops <= 0 or seconds <= 0:
     return None
   return flops / seconds / (peak_tflops * 1e12 * n_devices)

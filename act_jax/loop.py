@@ -41,8 +41,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from act_jax import (checkpoint, config_lib, flops, metrics as metrics_lib, models, sharding,
-                     step as step_lib)
+from act_jax import (checkpoint, config_lib, flops, metrics as metrics_lib, models,
+                     params as params_lib, sharding, step as step_lib)
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,10 @@ class Stage:
 @dataclasses.dataclass
 class Context:
   """What a run has built before its first step; stages use it to generate or evaluate."""
-  config: ml_collections.ConfigDict
   model_cfg: models.ModelConfig
   mesh: jax.sharding.Mesh
   gdef: Any
   param_shardings: Any
-  workdir: str
 
 
 def setup_process(workdir: str) -> None:
@@ -99,14 +97,12 @@ def setup_process(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
+def build_context(config: ml_collections.ConfigDict) -> Context:
   model_cfg = config_lib.model_config(config)
   mesh = sharding.make_mesh(config_lib.mesh_axes(config))
   sharding.check_model_fits(model_cfg, mesh)
-  pshard = sharding.tree_shardings(models.logical_axes(model_cfg),
-                                   models.abstract_params(model_cfg), mesh,
-                                   config_lib.sharding_rules(config))
-  return Context(config, model_cfg, mesh, models.graphdef(model_cfg), pshard, workdir)
+  pshard = params_lib.shardings(model_cfg, mesh, config_lib.sharding_rules(config))
+  return Context(model_cfg, mesh, models.graphdef(model_cfg), pshard)
 
 
 def state_shardings(ctx: Context, optimizer: optax.GradientTransformation) -> Any:
@@ -169,12 +165,12 @@ class Preempted(SystemExit):
 def optimizer_config(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
   """`config.optim` with the schedule's length in optimiser updates.
 
-  `optim.total_steps` = 0 (the default) means the whole run: `train.steps` x the
+  `optim.total_steps` None (the default) means the whole run: `train.steps` x the
   stage's updates per batch (GRPO's mu), so the decay ends with the run whatever
   `train.steps` is. Set it only to pin the schedule while changing `train.steps`.
   """
   optim = dict(config.optim)
-  if not optim.get("total_steps"):
+  if optim.get("total_steps") is None:
     optim["total_steps"] = config.train.steps * stage.updates_per_batch
   return optim
 
@@ -183,7 +179,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         init_params: models.Params | None = None, ctx: Context | None = None
         ) -> step_lib.TrainState:
   """Trains `stage` for `config.train.steps` steps, resuming from `workdir` if possible."""
-  ctx = ctx or build_context(config, workdir)
+  config_lib.validate(config)
+  ctx = ctx or build_context(config)
   tc = config.train
   optimizer = step_lib.make_optimizer(optimizer_config(config, stage))
   st_shard = state_shardings(ctx, optimizer)
@@ -199,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
   ck = config.checkpoint
   ckpt_dir = os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR)
   mgr = checkpoint.Manager(ckpt_dir, keep=ck.keep, every=ck.every,
-                           best_metric=ck.best_metric or None, best_mode=ck.best_mode,
+                           best_metric=ck.best_metric, best_mode=ck.best_mode,
                            async_save=ck.async_save)
   writer = None
   try:
@@ -222,7 +219,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
 
     start = int(jax.device_get(state["step"]))
     writer = metrics_lib.Writer(workdir, tc.steps, desc=stage.name, start_step=start)
-    peak_tflops = float(tc.get("peak_tflops", 0.0) or 0.0)
     step_fn = None
     bad_in_row = 0
     save_seconds = None
@@ -243,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         dt = time.perf_counter() - t0
         nonfinite_total += int(m["skipped"])
         m.update(host_metrics, step_time=dt, nonfinite_total=nonfinite_total)
-        m.update(_throughput(batch, ctx.model_cfg, dt, peak_tflops, shard_count))
+        m.update(_throughput(batch, ctx.model_cfg, dt, tc.peak_tflops, shard_count))
         if save_seconds is not None:  # the previous step's checkpoint, blocking part
           m["ckpt_save_s"], save_seconds = save_seconds, None
         bad_in_row = bad_in_row + 1 if m["skipped"] else 0
@@ -272,7 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
 
 
 def _throughput(batch: dict[str, np.ndarray], model_cfg: models.ModelConfig, seconds: float,
-                peak_tflops: float, shard_count: int = 1) -> dict[str, float]:
+                peak_tflops: float | None, shard_count: int = 1) -> dict[str, float]:
   """tokens/s counts real (mask) tokens; MFU counts every position the model computes."""
   out = {}
   n = shard_count  # distinct process batch blocks (hosts sharing rows count once)

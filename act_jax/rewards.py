@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from act_jax import parsing
+from act_jax.registry import Registry
 
 
 class Scores(NamedTuple):
@@ -34,13 +35,14 @@ class Scores(NamedTuple):
 
 RewardFn = Callable[[Sequence[str], Mapping[str, Sequence[Any]]], Scores]
 
-_REGISTRY: dict[str, tuple[Callable[..., Scores], type]] = {}
+# name -> (fn(texts, meta, cfg) -> Scores, the dataclass of its settings)
+REWARDS: Registry[tuple[Callable[..., Scores], type]] = Registry("reward", "config.reward.name")
 
 
 def register(name: str, config_cls: type) -> Callable:
   """Registers `fn(texts, meta, cfg) -> Scores` with the dataclass of its settings."""
   def deco(fn):
-    _REGISTRY[name] = (fn, config_cls)
+    REWARDS.register(name)((fn, config_cls))
     return fn
   return deco
 
@@ -48,14 +50,12 @@ def register(name: str, config_cls: type) -> Callable:
 def make(name: str, **overrides: Any) -> RewardFn:
   """The reward `name` with its config's fields overridden: `(texts, meta) -> Scores`."""
   cfg = make_config(name, **overrides)
-  return functools.partial(_REGISTRY[name][0], cfg=cfg)
+  return functools.partial(REWARDS.get(name)[0], cfg=cfg)
 
 
 def make_config(name: str, **overrides: Any) -> Any:
   """The settings dataclass of reward `name` with `overrides` applied (checked)."""
-  if name not in _REGISTRY:
-    raise ValueError(f"config.reward.name: unknown reward {name!r}; known: {sorted(_REGISTRY)}")
-  cls = _REGISTRY[name][1]
+  cls = REWARDS.get(name)[1]
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(overrides) - known)
   if unknown:

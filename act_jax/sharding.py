@@ -1,8 +1,9 @@
 """Mesh construction and logical-axis sharding.
 
 Parameters name their dimensions logically (`embed`, `heads`, ...); a rules table from
-the config maps those names onto mesh axes (`data`, `fsdp`, `tensor`). Changing the
-parallelism is therefore a config change. Every train step uses `jit_step`: a pure
+the config maps those names onto mesh axes (`data`, `fsdp`, `tensor`); the params'
+shardings come from `act_jax.params.shardings`. Changing the parallelism is therefore a
+config change. Every train step uses `jit_step`: a pure
 `(state, batch) -> (state, metrics)` compiled once with explicit shardings and the
 state donated.
 """
@@ -97,15 +98,6 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
     used.update(axes)
     out.append(axes[0] if len(axes) == 1 else (axes or None))
   return P(*out)
-
-
-def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
-                   rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
-  """NamedShardings for a pytree given a matching pytree of logical-axes tuples."""
-  is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
-  return jax.tree.map(
-      lambda ax, s: NamedSharding(mesh, spec_for(ax, s.shape, mesh, rules)),
-      axes_tree, shapes_tree, is_leaf=is_axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

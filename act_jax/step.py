@@ -19,6 +19,7 @@ from act_jax import losses
 from act_jax.models import Params
 
 TrainState = dict[str, Any]  # {"params", "opt_state", "step", "rng"}
+SCHEDULES = ("cosine", "constant")  # what follows the warmup
 
 
 def make_schedule(c: Mapping[str, Any]) -> optax.Schedule:
@@ -37,7 +38,7 @@ def make_schedule(c: Mapping[str, Any]) -> optax.Schedule:
   if kind == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
                                  optax.constant_schedule(lr)], [max(warmup, 1)])
-  raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine' or 'constant'")
+  raise ValueError(f"config.optim.schedule: {kind!r} is not one of {SCHEDULES}")
 
 
 def make_optimizer(c: Mapping[str, Any]) -> optax.GradientTransformation:

@@ -1,42 +1,44 @@
 """`python -m act_jax.train --config configs/<name>.py --workdir DIR [--config.x=y]`.
 
-Runs one training job from a config. Rerunning the same command resumes from the
-latest complete checkpoint in DIR.
+Runs one training stage from a config: `config.stage` names it (see `act_jax.stages`;
+default `pretrain`) and `config.data.kind` its data, which this entry makes itself:
+`synthetic` text (configs/tiny_cpu.py) or the synthetic critic task
+(configs/act_critic_tiny.py, stage `act`). Stages on env datasets get their records
+from the pipeline (`python -m act_jax.main`). Rerunning the same command resumes from
+the latest complete checkpoint in DIR.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
 
+import ml_collections
 from absl import app, flags
 
-from act_jax import config_lib, distributed, loop
-from act_jax.data.synthetic import SyntheticBatches
+from act_jax import config_lib, distributed, loop, stages
+from act_jax.stages import synthetic_critic
+
+# The stage inputs this entry makes, by config.data.kind.
+DATA: dict[str, Callable[[ml_collections.ConfigDict], dict[str, Any]]] = {
+    "synthetic": lambda c: {},  # the pretrain stage makes its own batches
+    "synthetic_critic": synthetic_critic.inputs,
+}
 
 
-
-class PretrainStage(loop.Stage):
-  """Next-token training on the config's data source (synthetic for smoke runs)."""
-  name = "pretrain"
-  loss = "next_token"
-
-  def __init__(self, config):
-    self.config = config
-
-  def batches(self, shard_index, shard_count):
-    c = self.config
-    if c.data.kind != "synthetic":
-      raise ValueError(f"config.data.kind={c.data.kind!r}: act_jax.train runs 'synthetic' "
-                       "data; ACT/IL/RL stages run through act_jax.main")
-    return SyntheticBatches(config_lib.model_config(c).vocab_size, c.train.batch_size,
-                            c.train.seq_len, c.seed, shard_index, shard_count)
+def make_stage(config: ml_collections.ConfigDict) -> loop.Stage:
+  """The stage `config.stage` names, on the data `config.data.kind` names."""
+  kind = config.data.kind
+  if kind not in DATA:
+    raise ValueError(f"config.data.kind={kind!r}: act_jax.train makes {sorted(DATA)} data; "
+                     "stages on env datasets run through act_jax.main")
+  return stages.make(config.get("stage", "pretrain"), config, **DATA[kind](config))
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   del argv
   distributed.initialize()
   loop.setup_process(flags.FLAGS.workdir)
   config = flags.FLAGS.config
-  state = loop.run(config, flags.FLAGS.workdir, PretrainStage(config))
-  del state
+  loop.run(config, flags.FLAGS.workdir, make_stage(config))
 
 
 if __name__ == "__main__":

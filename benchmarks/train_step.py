@@ -70,7 +70,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from act_jax import loop, models, rewards, sharding, step as step_lib  # noqa: E402
+from act_jax import config_lib, loop, models, rewards, sharding, step as step_lib  # noqa: E402
+from act_jax import params as params_lib  # noqa: E402
 from act_jax.losses import grpo  # noqa: E402
 from act_jax.sampling import CompileCounter  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
@@ -116,10 +117,8 @@ class Setup:
   def __init__(self, s: dict, scan_layers: bool):
     self.cfg = model_config(s, scan_layers)
     self.mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    pshard = sharding.tree_shardings(models.logical_axes(self.cfg),
-                                     models.abstract_params(self.cfg), self.mesh)
-    self.ctx = loop.Context(ml_collections.ConfigDict(), self.cfg, self.mesh,
-                            models.graphdef(self.cfg), pshard, "")
+    pshard = params_lib.shardings(self.cfg, self.mesh)
+    self.ctx = loop.Context(self.cfg, self.mesh, models.graphdef(self.cfg), pshard)
     self.optimizer = step_lib.make_optimizer(OPTIM)
     self.state_sh = loop.state_shardings(self.ctx, self.optimizer)
     self.init = jax.jit(lambda p: step_lib.init_state(p, self.optimizer, 0),
@@ -199,11 +198,10 @@ def bench_end_to_end(s: dict, scan_layers: bool, reps: int = 3) -> dict:
   """Generation + scoring + advantages + reference forward + update: one ACT step."""
   setup = Setup(s, scan_layers)
   c = ml_collections.ConfigDict({"seed": 0, "train": {"batch_size": PROMPTS}})
-  c.grpo = grpo_stage.default_config()
-  c.grpo.update(dict(group_size=GROUP, max_new_tokens=COMPLETION_LEN, beta=LOSS.beta,
-                     eps_low=LOSS.eps_low, eps_high=LOSS.eps_high,
-                     kl_estimator=LOSS.kl_estimator, aggregation=LOSS.aggregation,
-                     eos_ids=[], pad_id=0))
+  c.grpo = config_lib.grpo(group_size=GROUP, max_new_tokens=COMPLETION_LEN, beta=LOSS.beta,
+                           eps_low=LOSS.eps_low, eps_high=LOSS.eps_high,
+                           kl_estimator=LOSS.kl_estimator, aggregation=LOSS.aggregation,
+                           pad_id=0)
 
   def random_reward(texts, meta):
     r = np.random.default_rng(len(texts)).integers(0, 2, len(texts)).astype(np.float32)

@@ -16,7 +16,6 @@ training, so the from-scratch tokenizer and model have never seen their tokens.
 import ml_collections
 
 from act_jax import config_lib
-from act_jax.stages import critic, grpo
 
 
 def get_config():
@@ -45,19 +44,18 @@ def get_config():
   c.model.update(dict(arch="llama", vocab_size=1024, hidden_size=128, intermediate_size=384,
                       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
                       tie_embeddings=True, max_position_embeddings=512, rope_theta=10000.0))
-  c.reward = critic.default_config().reward
-  c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
-                                                   malformed=-0.5))
+  c.reward = config_lib.judgment_reward()
+  c.action_reward = config_lib.action_reward()
   # The critic (act) and next-action RL (rl) stages each have their own GRPO section.
   g = dict(group_size=4, max_new_tokens=10, beta=0.0, eval_batch_size=64)
   c.stages = ml_collections.ConfigDict(dict(
       base=dict(steps=150, batch_size=16, lr=3e-3, warmup_steps=5, rollouts_per_game=40,
                 lm_loss=True),
       act=dict(steps=150, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
-              grpo=grpo.default_config(**g)),
+              grpo=config_lib.grpo(**g)),
       il=dict(steps=200, batch_size=16, lr=3e-3, warmup_steps=5),
       rl=dict(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
-              grpo=grpo.default_config(**g))))
+              grpo=config_lib.grpo(**g))))
   c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=10,
                                           heldout_states=140, critic_pairs=400))
   c.checkpoint.async_save = False

@@ -11,7 +11,6 @@ publish them) — treat them as starting points.
 import ml_collections
 
 from act_jax import config_lib
-from act_jax.stages import critic, grpo
 
 
 def get_config():
@@ -32,17 +31,17 @@ def get_config():
       action_chat_template_kwargs={"enable_thinking": False}))
   c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True))
   c.mesh_preset = "tpu_v5p_64"
-  c.reward = critic.default_config().reward  # 1 correct / 0 wrong [V: "rewarded only for selecting correctly"]
-  c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
-                                                   malformed=-0.5))  # [S]
+  # 1 correct / 0 wrong [V: "rewarded only for selecting correctly"]
+  c.reward = config_lib.judgment_reward()
+  c.action_reward = config_lib.action_reward()  # [S]
   c.stages = ml_collections.ConfigDict(dict(
       base=dict(steps=0, batch_size=32, lr=0.0, rollouts_per_game=0),
       # ~10k pairs [S], 1 epoch [I]. GRPO: G=8, beta=1e-3, eps 0.2/0.28, T=1.0 [I].
       act=dict(steps=320, batch_size=32, lr=1e-6, warmup_steps=10,
-               grpo=grpo.default_config()),
+               grpo=config_lib.grpo()),
       il=dict(steps=640, batch_size=32, lr=1e-5, warmup_steps=20),  # [I]
       rl=dict(steps=320, batch_size=32, lr=1e-6, warmup_steps=10,  # [I]
-              grpo=grpo.default_config())))
+              grpo=config_lib.grpo())))
   c.eval = ml_collections.ConfigDict(dict(modes=["generate"], episodes_per_game=20,
                                           heldout_states=10000, critic_pairs=1000))
   return c

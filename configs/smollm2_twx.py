@@ -12,7 +12,6 @@ the paper; the prompts use the model's chat template.
 import ml_collections
 
 from act_jax import config_lib
-from act_jax.stages import critic, grpo
 
 
 def get_config(arg: str = "gpu"):
@@ -31,19 +30,18 @@ def get_config(arg: str = "gpu"):
   c.model.update(dict(param_dtype="float32", dtype="float32" if small else "bfloat16",
                       scan_layers=True, remat=not small))
   c.mesh_preset = "auto"
-  c.reward = critic.default_config().reward
-  c.action_reward = ml_collections.ConfigDict(dict(expert=1.0, admissible=0.1, other=0.0,
-                                                   malformed=-0.5))
+  c.reward = config_lib.judgment_reward()
+  c.action_reward = config_lib.action_reward()
   steps = 10 if small else 300
   # The critic (act) and next-action RL (rl) stages each have their own GRPO section.
   g = dict(group_size=4 if small else 8, max_new_tokens=128 if small else 512, beta=1e-3)
   c.stages = ml_collections.ConfigDict(dict(
       base=dict(steps=0, batch_size=8, lr=0.0, rollouts_per_game=0),  # imported, not trained
       act=dict(steps=steps, batch_size=8 if small else 32, lr=1e-6, warmup_steps=5,
-               grpo=grpo.default_config(**g)),
+               grpo=config_lib.grpo(**g)),
       il=dict(steps=steps, batch_size=8 if small else 32, lr=1e-5, warmup_steps=5),
       rl=dict(steps=steps, batch_size=8 if small else 32, lr=1e-6, warmup_steps=5,
-              grpo=grpo.default_config(**g))))
+              grpo=config_lib.grpo(**g))))
   c.eval = ml_collections.ConfigDict(dict(modes=["generate", "rank"],
                                           episodes_per_game=5 if small else 50,
                                           heldout_states=50 if small else 1000,

@@ -17,6 +17,12 @@ LAUNCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=launch/common.sh
 source "$LAUNCH_DIR/common.sh"
 
+OPTS+=([--nodes]=NODES [--gpus-per-node]=GPUS_PER_NODE [--partition]=PARTITION
+  [--account]=ACCOUNT [--time]=TIME_LIMIT [--job-name]=JOB_NAME [--port]=COORDINATOR_PORT
+  [--python]=PYTHON [--setup]=SETUP_CMD [--code-dir]=CODE_DIR [--log-dir]=LOG_DIR
+  [--sbatch-arg]=SBATCH_ARGS+ [--script-out]=SCRIPT_OUT)
+SWITCHES+=([--no-submit]=SUBMIT=0)
+
 usage() {
   cat <<'EOF'
 usage: launch/slurm.sh [OPTIONS] [--] CONFIG [ARGS...]
@@ -24,37 +30,31 @@ usage: launch/slurm.sh [OPTIONS] [--] CONFIG [ARGS...]
 Writes an sbatch script that runs, on every node, the same
 `python -m act_jax.train --config CONFIG --workdir WORKDIR ARGS...`, and
 submits it with sbatch. ARGS (e.g. --config.x=y) pass through verbatim.
-A requeued or resubmitted job resumes from the latest checkpoint in WORKDIR.
+WORKDIR must be shared by all nodes (shared FS or gs://...); a requeued or
+resubmitted job resumes from the latest checkpoint there. A dry run prints the
+script, the commands and the srun command each node runs; it writes and submits
+nothing. XLA_FLAGS (below) are fixed into the script when it is written.
 
 options (environment variable in brackets; flags win):
-  --nodes N           [NODES] nodes (= processes), default 2
-  --gpus-per-node G   [GPUS_PER_NODE] default 8
-  --partition P       [PARTITION]
-  --account A         [ACCOUNT]
-  --time T            [TIME_LIMIT] e.g. 2-00:00:00
-  --job-name J        [JOB_NAME] default RUN_NAME
-  --port PORT         [COORDINATOR_PORT] coordinator port on node 0, default 8476
-  --workdir DIR       [WORKDIR] shared by all nodes (shared FS or gs://...);
-                      default gs://BUCKET/act_jax/runs/RUN_NAME when BUCKET is set
-  --bucket B          [BUCKET] GCS bucket (name or gs://name)
-  --run-name R        [RUN_NAME] default: the config's file name
-  --entry train|main  [ENTRY] act_jax.train (default) or act_jax.main
-  --python PY         [PYTHON] interpreter on the nodes (default: python)
-  --setup CMD         [SETUP_CMD] shell line run first on the batch host,
-                      e.g. 'source /shared/act_venv/bin/activate'
-  --env K=V           export K=V in the job (repeatable)
-  --code-dir DIR      [CODE_DIR] checkout on the shared FS (default: this one)
-  --log-dir DIR       [LOG_DIR] job logs (default CODE_DIR/runs/slurm)
-  --sbatch-arg ARG    extra `#SBATCH ARG` line, e.g. --sbatch-arg=--qos=high
-  --script-out F      [SCRIPT_OUT] where the script is written
-                      (default LOG_DIR/JOB_NAME.sbatch)
-  --no-submit         [SUBMIT=0] write the script, don't call sbatch
-  --dry-run           [DRY_RUN=1] print the script, the commands and the
-                      srun command each node runs; write and submit nothing
-
-XLA_FLAGS: ACT_GPU_XLA_FLAGS (default --xla_gpu_enable_latency_hiding_scheduler=true)
-followed by the caller's XLA_FLAGS, fixed into the script when it is written.
+  --nodes N               [NODES] nodes (= processes), default 2
+  --gpus-per-node G       [GPUS_PER_NODE] default 8
+  --partition P           [PARTITION]
+  --account A             [ACCOUNT]
+  --time T                [TIME_LIMIT] e.g. 2-00:00:00
+  --job-name J            [JOB_NAME] default RUN_NAME
+  --port PORT             [COORDINATOR_PORT] coordinator port on node 0, default 8476
+  --python PY             [PYTHON] interpreter on the nodes (default: python)
+  --setup CMD             [SETUP_CMD] shell line run first on the batch host,
+                          e.g. 'source /shared/act_venv/bin/activate'
+  --code-dir DIR          [CODE_DIR] checkout on the shared FS (default: this one)
+  --log-dir DIR           [LOG_DIR] job logs (default CODE_DIR/runs/slurm)
+  --sbatch-arg ARG        extra `#SBATCH ARG` line, e.g. --sbatch-arg=--qos=high
+  --script-out F          [SCRIPT_OUT] where the script is written
+                          (default LOG_DIR/JOB_NAME.sbatch)
+  --no-submit             [SUBMIT=0] write the script, don't call sbatch
 EOF
+  options_usage
+  gpu_xla_usage
 }
 
 # directive_ok VALUE NAME: #SBATCH lines are not shell-parsed, so no spaces.
@@ -63,91 +63,33 @@ directive_ok() {
 }
 
 main() {
-  local envs=() extra=() rest=()
-  while (($#)); do
-    local arg=$1 val="" has_val=0
-    if [[ $arg == --*=* ]]; then
-      val=${arg#*=}
-      arg=${arg%%=*}
-      has_val=1
-    fi
-    case $arg in
-      --nodes | --gpus-per-node | --partition | --account | --time | --job-name | \
-        --port | --workdir | --bucket | --run-name | --entry | --python | --setup | \
-        --env | --code-dir | --log-dir | --sbatch-arg | --script-out)
-        if ((!has_val)); then
-          need_value "$arg" $#
-          val=$2
-          shift
-        fi
-        case $arg in
-          --nodes) NODES=$val ;;
-          --gpus-per-node) GPUS_PER_NODE=$val ;;
-          --partition) PARTITION=$val ;;
-          --account) ACCOUNT=$val ;;
-          --time) TIME_LIMIT=$val ;;
-          --job-name) JOB_NAME=$val ;;
-          --port) COORDINATOR_PORT=$val ;;
-          --workdir) WORKDIR=$val ;;
-          --bucket) BUCKET=$val ;;
-          --run-name) RUN_NAME=$val ;;
-          --entry) ENTRY=$val ;;
-          --python) PYTHON=$val ;;
-          --setup) SETUP_CMD=$val ;;
-          --env)
-            [[ $val == [A-Za-z_]*=* ]] || die "--env wants KEY=VALUE, got '$val'"
-            envs+=("$val") ;;
-          --code-dir) CODE_DIR=$val ;;
-          --log-dir) LOG_DIR=$val ;;
-          --sbatch-arg) extra+=("$val") ;;
-          --script-out) SCRIPT_OUT=$val ;;
-        esac
-        ;;
-      --dry-run | --no-submit)
-        ((!has_val)) || die "$arg takes no value"
-        if [[ $arg == --dry-run ]]; then DRY_RUN=1; else SUBMIT=0; fi
-        ;;
-      -h | --help) usage; return 0 ;;
-      --) shift; rest+=("$@"); break ;;
-      -*) die "unknown option '$1' before CONFIG (options for act_jax go after CONFIG)" ;;
-      *) rest+=("$@"); break ;;
-    esac
-    shift
-  done
-  ((${#rest[@]})) || { usage >&2; die "a CONFIG is required (e.g. configs/act_qwen.py)"; }
+  parse_options 1 "$@"
+  need_config
 
   local nodes=${NODES:-2} gpus=${GPUS_PER_NODE:-8} port=${COORDINATOR_PORT:-8476}
   [[ $nodes =~ ^[1-9][0-9]*$ ]] || die "NODES must be a positive integer, got '$nodes'"
   [[ $gpus =~ ^[1-9][0-9]*$ ]] || die "GPUS_PER_NODE must be a positive integer, got '$gpus'"
   [[ $port =~ ^[1-9][0-9]*$ ]] || die "COORDINATOR_PORT must be a port number, got '$port'"
 
-  local config=${rest[0]} module workdir run_name job code_dir log_dir script
-  module=$(entry_module "${ENTRY:-train}")
-  run_name=${RUN_NAME:-$(config_stem "$config")}
-  if [[ -n ${WORKDIR:-} ]]; then
-    workdir=$WORKDIR
-  elif [[ -n ${BUCKET:-} ]]; then
-    workdir="$(bucket_url "$BUCKET")/act_jax/runs/$run_name"
-  else
+  run_defaults ||
     die "needs WORKDIR: not set. Set WORKDIR (env WORKDIR or --workdir) or BUCKET."
-  fi
-  job=${JOB_NAME:-$run_name}
+  train_command "${PYTHON:-python}"
+  local job code_dir log_dir script
+  job=${JOB_NAME:-$RUN_NAME}
   code_dir=${CODE_DIR:-$(cd "$LAUNCH_DIR/.." && pwd)}
   log_dir=${LOG_DIR:-$code_dir/runs/slurm}
   script=${SCRIPT_OUT:-$log_dir/$job.sbatch}
   directive_ok "$job" JOB_NAME
   directive_ok "$log_dir" LOG_DIR
   local x
-  for x in "${PARTITION:-}" "${ACCOUNT:-}" "${TIME_LIMIT:-}" ${extra[@]+"${extra[@]}"}; do
+  for x in "${PARTITION:-}" "${ACCOUNT:-}" "${TIME_LIMIT:-}" ${SBATCH_ARGS[@]+"${SBATCH_ARGS[@]}"}; do
     directive_ok "$x" "an #SBATCH value"
   done
 
-  local train=("${PYTHON:-python}" -m "$module" --config "$config"
-    --workdir "$workdir" "${rest[@]:1}")
   # SLURM_PROCID is read inside each task; "$@" carries the command as words,
   # so the overrides are quoted once, here, and never re-parsed.
   local task=(bash -c 'export ACT_PROCESS_ID="$SLURM_PROCID"; exec "$@"' act_jax
-    "${train[@]}")
+    "${TRAIN[@]}")
 
   local body
   body=$(
@@ -165,11 +107,11 @@ main() {
     [[ -n ${PARTITION:-} ]] && printf '#SBATCH --partition=%s\n' "$PARTITION"
     [[ -n ${ACCOUNT:-} ]] && printf '#SBATCH --account=%s\n' "$ACCOUNT"
     [[ -n ${TIME_LIMIT:-} ]] && printf '#SBATCH --time=%s\n' "$TIME_LIMIT"
-    for x in ${extra[@]+"${extra[@]}"}; do printf '#SBATCH %s\n' "$x"; done
+    for x in ${SBATCH_ARGS[@]+"${SBATCH_ARGS[@]}"}; do printf '#SBATCH %s\n' "$x"; done
     printf 'set -euo pipefail\n'
     printf 'cd %s\n' "$(shquote "$code_dir")"
     [[ -n ${SETUP_CMD:-} ]] && printf '%s\n' "$SETUP_CMD"
-    for x in ${envs[@]+"${envs[@]}"}; do printf 'export %s\n' "$(shquote "$x")"; done
+    for x in ${ENVS[@]+"${ENVS[@]}"}; do printf 'export %s\n' "$(shquote "$x")"; done
     printf '# Process 0 runs on the first node of the allocation and hosts the coordinator.\n'
     printf 'ACT_COORDINATOR_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)\n'
     printf 'export ACT_COORDINATOR_ADDRESS="$ACT_COORDINATOR_HOST:%s"\n' "$port"
@@ -191,7 +133,7 @@ main() {
     local i
     for ((i = 0; i < nodes; i++)); do
       printf '# node %s: %s\n' "$i" "$(shjoin "ACT_COORDINATOR_ADDRESS=<first node>:$port" \
-        "ACT_NUM_PROCESSES=$nodes" "ACT_PROCESS_ID=$i" "${train[@]}")"
+        "ACT_NUM_PROCESSES=$nodes" "ACT_PROCESS_ID=$i" "${TRAIN[@]}")"
     done
     return 0
   fi

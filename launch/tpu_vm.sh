@@ -13,6 +13,12 @@ LAUNCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=launch/common.sh
 source "$LAUNCH_DIR/common.sh"
 
+OPTS+=([--project]=PROJECT [--zone]=ZONE [--name]=TPU_NAME
+  [--accelerator-type]=ACCELERATOR_TYPE [--runtime-version]=RUNTIME_VERSION [--qr-id]=QR_ID
+  [--git]=GIT_URL [--ref]=GIT_REF [--python-version]=PYTHON_VERSION [--worker]=WORKER
+  [--lines]=LOG_LINES)
+SWITCHES+=([--spot]=SPOT=1 [--direct]=QUEUED=0 [--wait]=WAIT=1 [--detach]=DETACH=1)
+
 usage() {
   cat <<'EOF'
 usage: launch/tpu_vm.sh SUBCOMMAND [OPTIONS] [--] [CONFIG [ARGS...]]
@@ -23,8 +29,9 @@ subcommands (variables each one requires):
   setup    copy this checkout (or --git clone) to every worker and install the
            requirements into a venv there (PROJECT ZONE TPU_NAME)
   run      start CONFIG on every worker with the same command, then follow
-           worker 0's log (PROJECT ZONE TPU_NAME, BUCKET or --workdir).
-           Everything after CONFIG (e.g. --config.x=y) is passed verbatim.
+           worker 0's log (PROJECT ZONE TPU_NAME, BUCKET or --workdir gs://...).
+           Everything after CONFIG (e.g. --config.x=y) is passed verbatim;
+           --workdir, --bucket, --entry and --env are for run only.
   logs     follow a run's log (PROJECT ZONE TPU_NAME)
   stop     SIGTERM the run on every worker (PROJECT ZONE TPU_NAME)
   status   describe the queued resource / TPU VM (PROJECT ZONE TPU_NAME)
@@ -44,16 +51,14 @@ options (environment variable in brackets; flags win):
   --git URL               [GIT_URL] setup: git clone URL instead of copying
   --ref REF               [GIT_REF] setup: commit/branch/tag to check out
   --python-version X.Y    [PYTHON_VERSION] setup: venv python (default 3.11)
-  --bucket B              [BUCKET] run: GCS bucket (name or gs://name)
-  --run-name R            [RUN_NAME] run/logs/stop: default the config's name
-  --workdir gs://...      [WORKDIR] run: default gs://BUCKET/act_jax/runs/RUN_NAME
-  --entry train|main      [ENTRY] run: act_jax.train (default) or act_jax.main
-  --env K=V               run: export K=V on every worker (repeatable)
   --detach                [DETACH=1] run: start and return, don't follow the log
   --worker W              [WORKER] logs: worker index or `all` (default 0)
   --lines N               [LOG_LINES] logs: lines of history to show (default 100)
-  --dry-run               [DRY_RUN=1] print each command as "+ CMD", run nothing
+EOF
+  options_usage
+  cat <<'EOF'
 
+--run-name also picks the run that logs and stop act on (default: the latest).
 remote layout (relative to each worker's home): CODE_DIR=act_jax,
 VENV_DIR=act_jax_venv, LOG_DIR=act_jax_logs (override by environment).
 EOF
@@ -182,29 +187,20 @@ echo \"\$(hostname): ready, jax \$($venv/bin/python -c 'import jax; print(jax.__
 cmd_run() {
   require run PROJECT ZONE TPU_NAME
   ((${#REST[@]})) || die "run needs a CONFIG (e.g. configs/act_qwen.py)"
-  local config=${REST[0]} run_name workdir module
-  module=$(entry_module "${ENTRY:-train}")
-  run_name=${RUN_NAME:-$(config_stem "$config")}
-  check_run_name "$run_name"
-  if [[ -n ${WORKDIR:-} ]]; then
-    workdir=$WORKDIR
-  else
-    [[ -n ${BUCKET:-} ]] ||
-      die "run needs BUCKET: not set. Set BUCKET (env BUCKET or --bucket) or pass --workdir gs://..."
-    workdir="$(bucket_url "$BUCKET")/act_jax/runs/$run_name"
-  fi
+  run_defaults ||
+    die "run needs BUCKET: not set. Set BUCKET (env BUCKET or --bucket) or pass --workdir gs://..."
+  check_run_name "$RUN_NAME"
   # Workers share nothing but GCS: a local workdir would split checkpoints.
-  [[ $workdir == gs://* ]] ||
-    die "WORKDIR must be on GCS (gs://...) so every worker sees it, got '$workdir'"
+  [[ $WORKDIR == gs://* ]] ||
+    die "WORKDIR must be on GCS (gs://...) so every worker sees it, got '$WORKDIR'"
+  train_command python
 
-  local train=(python -m "$module" --config "$config" --workdir "$workdir"
-    "${REST[@]:1}")
   local logs pid log code venv exports="" kv
   logs=$(rpath "$LOG_DIR")
   code=$(rpath "$CODE_DIR")
   venv=$(rpath "$VENV_DIR")
-  log="$logs/$(shquote "$run_name.log")"
-  pid="$logs/$(shquote "$run_name.pid")"
+  log="$logs/$(shquote "$RUN_NAME.log")"
+  pid="$logs/$(shquote "$RUN_NAME.pid")"
   for kv in ${ENVS[@]+"${ENVS[@]}"}; do
     exports+="export $(shquote "$kv"); "
   done
@@ -214,19 +210,19 @@ cmd_run() {
   local remote
   remote="set -e; mkdir -p $logs; cd $code; \
 if [ -f $pid ] && kill -0 \"\$(cat $pid)\" 2>/dev/null; then \
-echo \"\$(hostname): $(shquote "$run_name") is already running (pid \$(cat $pid))\" >&2; exit 1; fi; \
+echo \"\$(hostname): $(shquote "$RUN_NAME") is already running (pid \$(cat $pid))\" >&2; exit 1; fi; \
 . $venv/bin/activate; ${exports}\
 echo \"=== \$(date -u +%FT%TZ) \$(hostname) start\" >> $log; \
-nohup $(shjoin "${train[@]}") >> $log 2>&1 < /dev/null & \
-echo \$! > $pid; ln -sfn $(shquote "$run_name.log") $logs/latest.log; \
-ln -sfn $(shquote "$run_name.pid") $logs/latest.pid; \
-echo \"\$(hostname): started $(shquote "$run_name") (pid \$!), log $log\""
-  note "workdir: $workdir"
+nohup $(shjoin "${TRAIN[@]}") >> $log 2>&1 < /dev/null & \
+echo \$! > $pid; ln -sfn $(shquote "$RUN_NAME.log") $logs/latest.log; \
+ln -sfn $(shquote "$RUN_NAME.pid") $logs/latest.pid; \
+echo \"\$(hostname): started $(shquote "$RUN_NAME") (pid \$!), log $log\""
+  note "workdir: $WORKDIR"
   gssh all "$remote"
   if [[ ${DETACH:-0} == 0 ]]; then
     note "following worker 0's log; Ctrl-C stops following, not the run" \
-      "(stop it with: launch/tpu_vm.sh stop --run-name $run_name)"
-    RUN_NAME=$run_name WORKER=0 cmd_logs
+      "(stop it with: launch/tpu_vm.sh stop --run-name $RUN_NAME)"
+    WORKER=0 cmd_logs
   fi
 }
 
@@ -293,67 +289,9 @@ main() {
   VENV_DIR=${VENV_DIR:-act_jax_venv}
   LOG_DIR=${LOG_DIR:-act_jax_logs}
   LOG_LINES=${LOG_LINES:-100}
-  ENVS=()
-  REST=()
-  while (($#)); do
-    local arg=$1 val="" has_val=0
-    if [[ $arg == --*=* ]]; then
-      val=${arg#*=}
-      arg=${arg%%=*}
-      has_val=1
-    fi
-    case $arg in
-      --project | --zone | --name | --accelerator-type | --runtime-version | \
-        --qr-id | --git | --ref | --python-version | --bucket | --run-name | \
-        --workdir | --entry | --env | --worker | --lines)
-        if ((!has_val)); then
-          need_value "$arg" $#
-          val=$2
-          shift
-        fi
-        case $arg in
-          --project) PROJECT=$val ;;
-          --zone) ZONE=$val ;;
-          --name) TPU_NAME=$val ;;
-          --accelerator-type) ACCELERATOR_TYPE=$val ;;
-          --runtime-version) RUNTIME_VERSION=$val ;;
-          --qr-id) QR_ID=$val ;;
-          --git) GIT_URL=$val ;;
-          --ref) GIT_REF=$val ;;
-          --python-version) PYTHON_VERSION=$val ;;
-          --bucket) BUCKET=$val ;;
-          --run-name) RUN_NAME=$val ;;
-          --workdir) WORKDIR=$val ;;
-          --entry) ENTRY=$val ;;
-          --env)
-            [[ $val == [A-Za-z_]*=* ]] || die "--env wants KEY=VALUE, got '$val'"
-            ENVS+=("$val") ;;
-          --worker) WORKER=$val ;;
-          --lines) LOG_LINES=$val ;;
-        esac
-        ;;
-      --spot | --direct | --wait | --detach | --dry-run)
-        ((!has_val)) || die "$arg takes no value"
-        case $arg in
-          --spot) SPOT=1 ;;
-          --direct) QUEUED=0 ;;
-          --wait) WAIT=1 ;;
-          --detach) DETACH=1 ;;
-          --dry-run) DRY_RUN=1 ;;
-        esac
-        ;;
-      -h | --help) usage; return 0 ;;
-      --) shift; REST+=("$@"); break ;;
-      -*)
-        if [[ $sub == run ]]; then
-          die "unknown option '$1' before CONFIG (options for act_jax go after CONFIG)"
-        fi
-        die "unknown option '$1'"
-        ;;
-      *) REST+=("$@"); break ;;
-    esac
-    shift
-  done
+  local config_follows=0
+  [[ $sub != run ]] || config_follows=1
+  parse_options "$config_follows" "$@"
   if ((${#REST[@]})) && [[ $sub != run && $sub != create ]]; then
     die "$sub takes no arguments, got '${REST[0]}'"
   fi

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from act_jax import checkpoint, config_lib, flops, losses, loop, metrics, models, sharding
+from act_jax import checkpoint, config_lib, flops, losses, loop, metrics, models
+from act_jax import params as params_lib, sharding
 from act_jax import step as step_lib
 from act_jax.losses import supervised
-from act_jax.train import PretrainStage
+from act_jax.stages.pretrain import PretrainStage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +70,7 @@ def copy_of(workdir: Path, tmp_path: Path) -> Path:
 def test_restore_onto_another_mesh(trained, mesh, devices):
   workdir, c, final = trained
   c = tiny_config(**mesh)
-  ctx = loop.build_context(c, str(workdir)) if devices == 8 else \
-      _one_device_context(c, str(workdir))
+  ctx = loop.build_context(c) if devices == 8 else _one_device_context(c)
   target = abstract_state(ctx, c)
   mgr = checkpoint.Manager(str(workdir / "checkpoints"))
   try:
@@ -89,12 +89,11 @@ def test_restore_onto_another_mesh(trained, mesh, devices):
     assert wq.sharding.device_set == {jax.devices()[0]}
 
 
-def _one_device_context(c, workdir):
+def _one_device_context(c):
   model_cfg = config_lib.model_config(c)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  pshard = sharding.tree_shardings(models.logical_axes(model_cfg),
-                                   models.abstract_params(model_cfg), mesh)
-  return loop.Context(c, model_cfg, mesh, models.graphdef(model_cfg), pshard, workdir)
+  pshard = params_lib.shardings(model_cfg, mesh)
+  return loop.Context(model_cfg, mesh, models.graphdef(model_cfg), pshard)
 
 
 def test_resume_on_another_mesh_and_log_mfu(trained, tmp_path):
@@ -213,12 +212,13 @@ def test_config_mismatch_fails_before_training(trained, tmp_path):
 
 def test_load_params_partial_restore(trained):
   workdir, c, final = trained
-  params, model_cfg = checkpoint.load_params(str(workdir))
-  assert model_cfg == models.ModelConfig.from_dict(c.model.to_dict()).to_dict()
+  params, model_cfg = params_lib.load(str(workdir))
+  assert model_cfg == models.ModelConfig.from_dict(c.model.to_dict())
+  assert params_lib.model_config(str(workdir)) == model_cfg
   assert tree_equal(params, final["params"])
   assert jax.tree.leaves(params)[0].sharding.device_set == {jax.devices()[0]}
   mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-  params2, _ = checkpoint.load_params(str(workdir / "checkpoints" / "2"), mesh)
+  params2, _ = params_lib.load(str(workdir / "checkpoints" / "2"), mesh)
   assert params2["layers"]["wq"].sharding.spec[1:3] == ("fsdp", "tensor")
   assert not tree_equal(params2, params)  # step 2, not the latest
 
@@ -227,7 +227,7 @@ def test_load_params_from_a_relative_path(trained, monkeypatch):
   # The README's main job passes a relative --workdir; Orbax refuses relative paths.
   workdir, _, final = trained
   monkeypatch.chdir(workdir.parent)
-  params, _ = checkpoint.load_params(workdir.name)
+  params, _ = params_lib.load(workdir.name)
   assert tree_equal(params, final["params"])
 
 
@@ -238,10 +238,33 @@ def test_load_params_skips_an_unreadable_step(trained, tmp_path, caplog):
     with open(data_file, "r+b") as f:  # params need not be in the largest one
       f.truncate(data_file.stat().st_size // 2)
   with caplog.at_level(logging.WARNING):
-    params, _ = checkpoint.load_params(str(workdir))
+    params, _ = params_lib.load(str(workdir))
   assert "step 4 cannot be read" in caplog.text
-  assert tree_equal(params, checkpoint.load_params(str(trained[0] / "checkpoints" / "2"))[0])
+  assert tree_equal(params, params_lib.load(str(trained[0] / "checkpoints" / "2"))[0])
   assert (workdir / "checkpoints" / "4").is_dir()  # read-only: nothing renamed
+
+
+def test_params_load_any_source_onto_the_rules_shardings(trained, tmp_path):
+  """One model as a training workdir, an HF dir and a params checkpoint loads equal,
+  laid out by the sharding rules it is given."""
+  from act_jax.hf import save_pretrained
+  workdir, c, final = trained
+  params, cfg = params_lib.load(str(workdir))
+  save_pretrained(tmp_path / "hf", params, cfg)
+  params_lib.save(tmp_path / "ckpt", params, cfg)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+  swapped = tuple({**dict(config_lib.sharding_rules(c)), "embed": "tensor",
+                   "heads": "fsdp"}.items())
+  sources = [(workdir, params_lib.TRAINING), (tmp_path / "hf", params_lib.HF),
+             (tmp_path / "ckpt", params_lib.PARAMS_CHECKPOINT)]
+  for source, kind in sources:
+    assert params_lib.kind(source) == kind
+    for rules, split in ((None, ("fsdp", "tensor")), (swapped, ("tensor", "fsdp"))):
+      got, _ = params_lib.load(source, mesh, rules)
+      assert tree_equal(got, final["params"]), source
+      want = params_lib.shardings(cfg, mesh, rules or sharding.DEFAULT_RULES)
+      assert jax.tree.map(lambda a: a.sharding, got) == want, source
+      assert got["layers"]["wq"].sharding.spec[1:3] == split  # [L, D, H, Hd]
 
 
 def test_hf_export_accepts_training_workdir(trained, tmp_path):
@@ -301,7 +324,7 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path):
   # failing step saved nothing, and the last checkpoint is intact and finite.
   ckpts = Path(workdir) / "checkpoints"
   assert checkpoint.complete_steps(ckpts) == [1, 2, 3, 4, 5, 6, 7]
-  ctx = loop.build_context(c, workdir)
+  ctx = loop.build_context(c)
   mgr = checkpoint.Manager(str(ckpts))
   try:
     s = {k: mgr.restore(abstract_state(ctx, c), step=k) for k in (2, 3, 5, 7)}

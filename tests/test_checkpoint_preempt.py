@@ -71,7 +71,7 @@ def finish(proc: subprocess.Popen, workdir: Path) -> int:
 
 def restore(workdir: Path, step: int | None = None) -> checkpoint.Restored:
   c = tiny_config(steps=60)
-  ctx = loop.build_context(c, str(workdir))
+  ctx = loop.build_context(c)
   mgr = checkpoint.Manager(str(workdir / "checkpoints"))
   try:
     return mgr.restore(abstract_state(ctx, c), step=step)

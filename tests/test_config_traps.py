@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from act_jax import loop, main, sharding, step as step_lib, workflow
+from act_jax import loop, pipeline, sharding, stages, step as step_lib, train, workflow
 from act_jax.stages import synthetic_critic
 
 STAGES = ("base", "act", "il", "rl")
@@ -32,31 +32,31 @@ def test_schedule_follows_train_steps_from_the_command_line():
 def test_pipeline_honours_checkpoint_every():
   c = _config("embedded")
   c.checkpoint.every = 7
-  assert {main.stage_config(c, s, 0).checkpoint.every for s in STAGES} == {7}
+  assert {pipeline.stage_config(c, s, 0).checkpoint.every for s in STAGES} == {7}
 
 
 def test_act_and_rl_stages_read_their_own_grpo_sections():
   c = _config("embedded")
   c.stages.act.grpo.update(dict(group_size=2, temperature=0.7))
   c.stages.rl.grpo.update(dict(max_new_tokens=20, beta=0.5, advantage="dr_grpo"))
-  act, rl = (main.stage_config(c, s, 0).grpo for s in ("act", "rl"))
+  act, rl = (pipeline.stage_config(c, s, 0).grpo for s in ("act", "rl"))
   assert (act.group_size, act.temperature, act.max_new_tokens, act.beta, act.advantage) == (
       2, 0.7, 10, 0.0, "grpo")
   assert (rl.group_size, rl.temperature, rl.max_new_tokens, rl.beta, rl.advantage) == (
       4, 1.0, 20, 0.5, "dr_grpo")
-  assert "grpo" not in main.stage_config(c, "il", 0)
+  assert "grpo" not in pipeline.stage_config(c, "il", 0)
   missing = copy.deepcopy(c)
   del missing.stages.rl["grpo"]
   with pytest.raises(ValueError, match=r"config\.stages\.rl\.grpo"):
-    main.stage_config(missing, "rl", 0)
+    pipeline.stage_config(missing, "rl", 0)
   shared = copy.deepcopy(c)
   shared.grpo = copy.deepcopy(c.stages.act.grpo)  # the old single section: ambiguous
   with pytest.raises(ValueError, match=r"config\.grpo: .*config\.stages\.act\.grpo"):
-    main.stage_config(shared, "act", 0)
+    pipeline.stage_config(shared, "act", 0)
 
 
 def _imitation_stage(c):
-  return main.ImitationStage(c, [], pad_id=0, name="il")
+  return stages.make("il", c, train_source=[], pad_id=0)
 
 
 def _grpo_stage(c):
@@ -75,8 +75,20 @@ def test_batch_not_divisible_by_data_shards_fails_before_training(
   assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
+@pytest.mark.parametrize("config, name", [("tiny_cpu", "pretrain"), ("act_critic_tiny", "act_critic")])
+def test_train_entry_runs_the_stage_its_config_names(config, name):
+  c = _config(config)
+  assert train.make_stage(c).name == name
+  c.stage = "nope"
+  with pytest.raises(ValueError, match=r"config\.stage: unknown stage 'nope'; known: \[.*'rl'"):
+    train.make_stage(c)
+  c.data.kind = "env"
+  with pytest.raises(ValueError, match=r"config\.data\.kind='env': .*act_jax\.main"):
+    train.make_stage(c)
+
+
 def _fingerprints(c):
-  return {s: workflow.fingerprint(main.stage_fingerprint(c, s, 0)) for s in STAGES}
+  return {s: workflow.fingerprint(pipeline.stage_fingerprint(c, s, 0)) for s in STAGES}
 
 
 @pytest.mark.parametrize("edit, retrained", [
@@ -117,7 +129,7 @@ def test_pipeline_steps_are_fingerprinted_by_stage_fingerprint(tmp_path, monkeyp
   for variants in ("il_w_act", "rl"):
     c.pipeline.variants = variants
     with pytest.raises(Stop):
-      main.Pipeline(c, str(tmp_path))._run()
-  assert seen["base"] == main.stage_fingerprint(c, "base", c.seed)
+      pipeline.Pipeline(c, str(tmp_path))._run()
+  assert seen["base"] == pipeline.stage_fingerprint(c, "base", c.seed)
   for key, stage in (("s0/act", "act"), ("s0/act_il", "il"), ("s0/rl", "rl")):
-    assert seen[key] == main.stage_fingerprint(c, stage, 0), key
+    assert seen[key] == pipeline.stage_fingerprint(c, stage, 0), key

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from act_jax import main, policy, results, rewards, stats
+from act_jax import evaluation, policy, results, rewards, stats
 from act_jax.data import examples, importers, prompts
 from act_jax.data.report import DropLog
 from act_jax.data.states import trajectory_states
@@ -100,7 +100,7 @@ def test_judgment_is_scored_with_the_stage_budget_and_the_reward_parser(tok):
   critic = FakeCritic(tok, expert_of, skill=0.5)
   budget = 64  # the reasoning alone is longer than 16 tokens
   assert len(tok(critic.reasoning)["input_ids"]) > 16
-  out = policy.judgment_accuracy(critic, None, tok, CFG, recs, JUDGE, max_new_tokens=budget)
+  out = evaluation.judgment_accuracy(critic, None, tok, CFG, recs, JUDGE, max_new_tokens=budget)
   assert set(critic.max_new) == {budget}
   assert out["judgment_accuracy"] == 1.0 and out["judgment_format_error_rate"] == 0.0
   # Forced choice conditions on the greedy reasoning, then compares the two answers.
@@ -108,7 +108,7 @@ def test_judgment_is_scored_with_the_stage_budget_and_the_reward_parser(tok):
   assert all(s.endswith(critic.reasoning + "</think>\n") for s in critic.scored)
   # The same critic cut at 16 tokens never finishes its reasoning: malformed, as the
   # reward says, not a lenient parse of whatever letter appears.
-  cut = policy.judgment_accuracy(critic, None, tok, CFG, recs, JUDGE, max_new_tokens=16)
+  cut = evaluation.judgment_accuracy(critic, None, tok, CFG, recs, JUDGE, max_new_tokens=16)
   assert cut["judgment_accuracy"] == 0.0 and cut["judgment_format_error_rate"] == 1.0
 
 
@@ -117,24 +117,24 @@ def test_forced_choice_averages_both_orders_so_letter_bias_cancels(tok, skill, e
   # Letter A is preferred by 1 nat everywhere. Per order, the expert's margin is
   # +1 + skill with the expert at A and -1 + skill at B: their mean is `skill`.
   recs, expert_of = _pairs(tok)
-  out = policy.judgment_accuracy(FakeCritic(tok, expert_of, skill), None, tok, CFG, recs, JUDGE,
-                                 max_new_tokens=64)
+  out = evaluation.judgment_accuracy(FakeCritic(tok, expert_of, skill), None, tok, CFG, recs,
+                                     JUDGE, max_new_tokens=64)
   assert out["judgment_forced_accuracy"] == expected
   lo, hi = out["judgment_forced_accuracy_ci95"]
   assert lo <= expected <= hi
 
 
 def test_reasoning_prefix():
-  assert policy.reasoning_prefix("<think>x</think>\nAnswer: B", JUDGE) == "<think>x</think>\n"
-  assert policy.reasoning_prefix("<think>x</think>", JUDGE) == "<think>x</think>\n"
-  assert policy.reasoning_prefix("<think>x y ", JUDGE) == "<think>x y</think>\n"  # cut off
-  assert policy.reasoning_prefix("B", JUDGE) == ""
+  assert evaluation.reasoning_prefix("<think>x</think>\nAnswer: B", JUDGE) == "<think>x</think>\n"
+  assert evaluation.reasoning_prefix("<think>x</think>", JUDGE) == "<think>x</think>\n"
+  assert evaluation.reasoning_prefix("<think>x y ", JUDGE) == "<think>x y</think>\n"  # cut off
+  assert evaluation.reasoning_prefix("B", JUDGE) == ""
 
 
 def test_held_out_pairs_are_spread_over_the_split():
-  assert policy.evenly_spaced(280, 140)[-1] == 279
-  assert len(policy.evenly_spaced(280, 140)) == 140
-  assert policy.evenly_spaced(5, 140) == [0, 1, 2, 3, 4]
+  assert evaluation.evenly_spaced(280, 140)[-1] == 279
+  assert len(evaluation.evenly_spaced(280, 140)) == 140
+  assert evaluation.evenly_spaced(5, 140) == [0, 1, 2, 3, 4]
 
 
 # --- 3. evaluation prompts equal training prompts ---------------------------------------
@@ -148,7 +148,7 @@ def test_evaluation_renders_states_byte_identical_to_training(tok, source):
   else:
     trajs = [_trajectory(4)]
   budget = 200
-  instruction = main.training_instruction(trajs)
+  instruction = evaluation.training_instruction(trajs)
   pol = policy.ModelPolicy(None, None, tok, CFG, max_state_tokens=budget, instruction=instruction)
   train_states = [s for i, t in enumerate(trajs)
                   for s in trajectory_states(t, f"t{i}", tok, CFG, budget, DropLog(), DropLog())]

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from act_jax import config_lib, loop, losses, sharding, step as step_lib
+from act_jax import config_lib, loop, losses, params as params_lib, sharding, step as step_lib
 from act_jax.losses import grpo
-from act_jax.models import (ModelConfig, abstract_params, graphdef, init_params, logical_axes,
-                            positions_from_mask)
+from act_jax.models import ModelConfig, graphdef, init_params, positions_from_mask
 from act_jax.sampling import Result
 from act_jax.stages import grpo as grpo_stage
 
@@ -66,7 +65,7 @@ def np_grpo(logp, old, adv, ref, w, cfg):
 
 @jax.jit
 def _full_logits(params, tokens, mask):
-  return nnx.merge(graphdef(CFG), params)(tokens, positions_from_mask(mask), mask)[0]
+  return nnx.merge(graphdef(CFG), params)(tokens, positions_from_mask(mask), mask)
 
 
 def np_completion_logps(params, tokens, mask):
@@ -204,7 +203,7 @@ def test_invalid_config_names_the_field():
 
 
 def _loss_and_grads(mesh, batch, cfg):
-  pshard = sharding.tree_shardings(logical_axes(CFG), abstract_params(CFG), mesh)
+  pshard = params_lib.shardings(CFG, mesh)
   params = init_params(CFG, 0, pshard)
 
   def loss(p, b):
@@ -289,7 +288,7 @@ def test_schedule_counts_the_mu_updates_of_each_step():
   assert _update_counts(state["opt_state"]) == [2, 2]
   c = config_lib.base()
   c.train.steps = 10
-  c.grpo = grpo_stage.default_config(updates_per_batch=2)
+  c.grpo = config_lib.grpo(updates_per_batch=2)
   stage = grpo_stage.GRPOStage(c, train_source=[], reward=None, detokenize=str)
   optim = loop.optimizer_config(c, stage)
   assert optim["total_steps"] == 20 and optim["warmup_steps"] == c.optim.warmup_steps

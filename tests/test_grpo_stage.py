@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from act_jax import config_lib, loop, models, sharding, step as step_lib
+from act_jax import config_lib, loop, models, params as params_lib, sharding, step as step_lib
 from act_jax.metrics import read_jsonl
 from act_jax.stages import synthetic_critic
 
@@ -17,23 +17,22 @@ def tiny_config():
   return mod.get_config()
 
 
-def one_device_context(c, workdir):
+def one_device_context(c):
   """Like loop.build_context on a 1-device mesh: the tiny model gains nothing from 8."""
   model_cfg = config_lib.model_config(c)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  pshard = sharding.tree_shardings(models.logical_axes(model_cfg),
-                                   models.abstract_params(model_cfg), mesh)
-  return loop.Context(c, model_cfg, mesh, models.graphdef(model_cfg), pshard, str(workdir))
+  pshard = params_lib.shardings(model_cfg, mesh)
+  return loop.Context(model_cfg, mesh, models.graphdef(model_cfg), pshard)
 
 
-def test_prepare_layout_reference_and_sampler_agreement(tmp_path):
+def test_prepare_layout_reference_and_sampler_agreement():
   c = tiny_config()
   c.train.batch_size = 4
   c.grpo.update(dict(beta=0.01, updates_per_batch=2))
   c.train.accum_steps = 2
   stage = synthetic_critic.make_stage(c)
-  ctx = one_device_context(c, tmp_path)
-  opt = step_lib.make_optimizer(dict(c.optim))
+  ctx = one_device_context(c)
+  opt = step_lib.make_optimizer(loop.optimizer_config(c, stage))
   state = step_lib.init_state(models.init_params(ctx.model_cfg, 0, ctx.param_shardings), opt, 0)
   data = next(stage.batches(0, 1))
   batch, host = stage.prepare(ctx, state, data)
@@ -61,7 +60,7 @@ def test_few_steps_increase_mean_reward(tmp_path):
   c.train.update(dict(steps=20, batch_size=16, eval_every=10))
   c.optim.lr = 3e-3
   c.checkpoint.every = 100
-  loop.run(c, str(tmp_path), synthetic_critic.make_stage(c), ctx=one_device_context(c, tmp_path))
+  loop.run(c, str(tmp_path), synthetic_critic.make_stage(c), ctx=one_device_context(c))
   rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
   reward = [r["reward"] for r in rows]
   assert len(reward) == 20 and "eval_accuracy" in rows[9]
@@ -73,7 +72,7 @@ def test_critic_learning_check(tmp_path):
   """From random init, held-out judgment accuracy rises to > 90%."""
   c = tiny_config()
   stage = synthetic_critic.make_stage(c)
-  ctx = one_device_context(c, tmp_path)
+  ctx = one_device_context(c)
   before = stage.evaluate(ctx, models.init_params(ctx.model_cfg, c.seed, ctx.param_shardings))
   loop.run(c, str(tmp_path), stage, ctx=ctx)
   curve = [r["eval_accuracy"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))

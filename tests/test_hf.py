@@ -11,8 +11,8 @@ import pytest
 import transformers
 from safetensors import safe_open
 
-from act_jax.hf import (CheckpointError, load_params_checkpoint, load_pretrained,
-                        resolve_params_source, save_params_checkpoint, save_pretrained)
+from act_jax import params as params_lib
+from act_jax.hf import CheckpointError, save_pretrained
 from act_jax.hf.__main__ import main as cli
 from act_jax.hf.verify import jax_logits, left_pad, max_logit_diff, torch_logits
 from act_jax.hf.weights import INDEX_FILE, SINGLE_FILE, weight_files
@@ -92,7 +92,7 @@ def greedy(params, cfg, tokens, mask, steps: int) -> np.ndarray:
   continue with pad ids, as transformers does.
   """
   gdef = graphdef(cfg)
-  fwd = jax.jit(lambda p, t, m: merge(gdef, p)(t, positions_from_mask(m), m)[0])
+  fwd = jax.jit(lambda p, t, m: merge(gdef, p)(t, positions_from_mask(m), m))
   B, T = tokens.shape
   buf = np.concatenate([tokens, np.full((B, steps), cfg.pad_token_id, np.int32)], 1)
   m = np.concatenate([mask, np.zeros((B, steps), bool)], 1)
@@ -126,7 +126,7 @@ def _hf_model(d):
 
 
 def test_logits_match_torch(hf_dir):
-  params, cfg = load_pretrained(hf_dir, param_dtype="float32")
+  params, cfg = params_lib.load(hf_dir, param_dtype="float32")
   tokens, mask = _batch()
   diff = max_logit_diff(jax_logits(params, cfg, tokens, mask),
                         torch_logits(_hf_model(hf_dir), tokens, mask), mask)
@@ -134,7 +134,7 @@ def test_logits_match_torch(hf_dir):
 
 
 def test_config_mapping(hf_dir):
-  _, cfg = load_pretrained(hf_dir)
+  _, cfg = params_lib.load(hf_dir)
   want = {"llama": (True, False, False, 16), "qwen2": (False, True, False, 16),
           "qwen3": (False, False, True, 32)}[cfg.arch]
   assert (cfg.tie_embeddings, cfg.qkv_bias, cfg.qk_norm, cfg.head_dim) == want
@@ -158,7 +158,7 @@ def test_cli_round_trip_is_bitwise_and_generates(hf_dir, tmp_path):
   tok = transformers.AutoTokenizer.from_pretrained(str(out))
   assert tok.convert_tokens_to_ids(["<s>", "w5", "w77"]) == [BOS, 5, 77]
 
-  params, cfg = load_params_checkpoint(ckpt)
+  params, cfg = params_lib.load(ckpt)
   tokens, mask = _batch()
   ours = greedy(params, cfg, tokens, mask, steps=8)
   theirs = hf_greedy(_hf_model(out), tokens, mask, steps=8)
@@ -167,8 +167,8 @@ def test_cli_round_trip_is_bitwise_and_generates(hf_dir, tmp_path):
 
 def test_sharded_import_matches_unsharded(hf_dir):
   mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  ref, cfg = load_pretrained(hf_dir, param_dtype="float32")
-  sharded, _ = load_pretrained(hf_dir, mesh, param_dtype="float32")
+  ref, cfg = params_lib.load(hf_dir, param_dtype="float32")
+  sharded, _ = params_lib.load(hf_dir, mesh, param_dtype="float32")
   wq = sharded["layers"]["wq"]
   assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert len({str(s.index) for s in wq.addressable_shards}) == 4
@@ -180,14 +180,14 @@ def test_sharded_import_matches_unsharded(hf_dir):
 
 
 def test_multi_shard_export_and_bf16(hf_dir, tmp_path):
-  params, cfg = load_pretrained(hf_dir, param_dtype="bfloat16")
+  params, cfg = params_lib.load(hf_dir, param_dtype="bfloat16")
   out = save_pretrained(tmp_path / "bf16", params, cfg, max_shard_size=20_000)
   index = json.loads((out / INDEX_FILE).read_text())
   files = sorted(set(index["weight_map"].values()))
   assert len(files) > 2 and not (out / SINGLE_FILE).exists()
   assert all((out / f).stat().st_size <= 20_000 + 1_000 for f in files)  # + header
   assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
-  again, cfg2 = load_pretrained(out)  # bf16 checkpoint -> bf16 params by default
+  again, cfg2 = params_lib.load(out)  # bf16 checkpoint -> bf16 params by default
   assert cfg2 == cfg
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
@@ -200,21 +200,24 @@ def test_multi_shard_export_and_bf16(hf_dir, tmp_path):
 
 def test_params_checkpoint_round_trip_on_mesh(hf_dir, tmp_path):
   mesh = make_mesh({"fsdp": 4, "tensor": 2})
-  params, cfg = load_pretrained(hf_dir, mesh)
-  save_params_checkpoint(tmp_path / "c", params, cfg, tokenizer_dir=hf_dir)
-  source = resolve_params_source(tmp_path / "c")
-  assert source.tokenizer_dir == tmp_path / "c" / "tokenizer"
-  back, cfg2 = source.load(mesh)
-  assert cfg2 == cfg
+  params, cfg = params_lib.load(hf_dir, mesh)
+  params_lib.save(tmp_path / "c", params, cfg, tokenizer_dir=hf_dir)
+  assert params_lib.kind(tmp_path / "c") == params_lib.PARAMS_CHECKPOINT
+  assert params_lib.tokenizer_dir(tmp_path / "c") == tmp_path / "c" / "tokenizer"
+  assert params_lib.tokenizer_dir(hf_dir) == hf_dir
+  back, cfg2 = params_lib.load(tmp_path / "c", mesh)
+  assert cfg2 == cfg == params_lib.model_config(tmp_path / "c")
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     assert a.sharding == b.sharding
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(FileNotFoundError, match="neither an act_jax params checkpoint"):
-    resolve_params_source(hf_dir)
+  with pytest.raises(ValueError, match="apply to Hugging Face dirs"):
+    params_lib.load(tmp_path / "c", param_dtype="float32")
+  with pytest.raises(FileNotFoundError, match="neither a Hugging Face dir"):
+    params_lib.load(tmp_path)
 
 
 def test_export_refuses_to_clobber(hf_dir, tmp_path):
-  params, cfg = load_pretrained(hf_dir)
+  params, cfg = params_lib.load(hf_dir)
   save_pretrained(tmp_path, params, cfg)
   with pytest.raises(FileExistsError, match=SINGLE_FILE):
     save_pretrained(tmp_path, params, cfg)
@@ -240,7 +243,7 @@ def test_truncated_file_names_file_and_tensor(bad_dir):
   data = shard.read_bytes()
   shard.write_bytes(data[:len(data) - 100])
   with pytest.raises(CheckpointError, match=rf"{shard.name}: truncated: tensor 'model\."):
-    load_pretrained(bad_dir)
+    params_lib.load(bad_dir)
 
 
 def test_corrupt_header_names_file(bad_dir):
@@ -249,14 +252,14 @@ def test_corrupt_header_names_file(bad_dir):
   data[8:40] = b"\xff" * 32
   shard.write_bytes(bytes(data))
   with pytest.raises(CheckpointError, match=rf"{shard.name}: corrupt safetensors"):
-    load_pretrained(bad_dir)
+    params_lib.load(bad_dir)
 
 
 def test_missing_shard_names_file(bad_dir):
   shard = sorted(bad_dir.glob("model-*.safetensors"))[-1]
   shard.unlink()
   with pytest.raises(CheckpointError, match=rf"{shard.name}: missing shard; .* e\.g\. '\w+\."):
-    load_pretrained(bad_dir)
+    params_lib.load(bad_dir)
 
 
 def test_shape_mismatch_names_file_and_tensor(bad_dir):
@@ -266,7 +269,7 @@ def test_shape_mismatch_names_file_and_tensor(bad_dir):
   with pytest.raises(CheckpointError, match=r"model-\d+-of-\d+\.safetensors: tensor "
                      r"'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \(96, 64\), "
                      r"config.json implies \(80, 64\)"):
-    load_pretrained(bad_dir)
+    params_lib.load(bad_dir)
 
 
 def test_missing_and_stray_tensors_are_named(bad_dir, tmp_path):
@@ -277,12 +280,12 @@ def test_missing_and_stray_tensors_are_named(bad_dir, tmp_path):
   index["weight_map"]["model.layers.0.self_attn.o_proj.bias"] = extra.name
   (bad_dir / INDEX_FILE).write_text(json.dumps(index))
   with pytest.raises(CheckpointError, match="o_proj.bias"):
-    load_pretrained(bad_dir)
+    params_lib.load(bad_dir)
   del index["weight_map"]["model.layers.0.self_attn.o_proj.bias"]
   del index["weight_map"]["model.norm.weight"]
   (bad_dir / INDEX_FILE).write_text(json.dumps(index))
   with pytest.raises(CheckpointError, match=r"'model\.norm\.weight'"):
-    load_pretrained(bad_dir)
+    params_lib.load(bad_dir)
 
 
 def test_pickles_are_never_loaded(tmp_path):
@@ -316,7 +319,7 @@ def test_smollm2_matches_transformers(tmp_path):
   prompt = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
   rows = [tok(prompt)["input_ids"], tok("The three primary colors are")["input_ids"]]
   tokens, mask = left_pad(rows, tok.pad_token_id)
-  params, cfg = load_pretrained(d, param_dtype="float32")
+  params, cfg = params_lib.load(d, param_dtype="float32")
   ours = greedy(params, cfg, tokens, mask, steps=24)
   theirs = hf_greedy(_hf_model(d), tokens, mask, steps=24)
   np.testing.assert_array_equal(ours, theirs)

@@ -1,7 +1,7 @@
 """Parsers: one per answer format, and every consumer compares actions through it."""
 import pytest
 
-from act_jax import parsing, policy, rewards
+from act_jax import evaluation, parsing, policy, rewards
 from act_jax.data import alternatives as alt_lib, importers, prompts
 from act_jax.data.report import DropLog
 from act_jax.data.trajectory import Step, Trajectory
@@ -80,7 +80,7 @@ def test_split_action_returns_the_text_before_the_marker():
 def test_one_parser_per_format_and_one_home_for_its_patterns():
   names = ("normalize_action", "strip_reasoning", "split_action", "parse_action",
            "parse_judgment", "parse_answer")
-  for module in (rewards, prompts, alt_lib, importers, policy, rollout):
+  for module in (rewards, prompts, alt_lib, importers, policy, evaluation, rollout):
     for name in names:
       assert getattr(module, name, None) in (None, getattr(parsing, name, None)), (module, name)
   assert not hasattr(prompts, "DEFAULT_ACTION_PATTERN")

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from act_jax import losses, sharding, workflow
-from act_jax.models import ModelConfig, abstract_params, graphdef, init_params, logical_axes
+from act_jax import losses, params as params_lib, sharding, workflow
+from act_jax.models import ModelConfig, graphdef, init_params
 
 
 def _config(name, *args):
@@ -39,7 +39,7 @@ def micro_config():
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-  from act_jax.main import Pipeline, VARIANTS
+  from act_jax.pipeline import Pipeline, VARIANTS
   workdir = str(tmp_path_factory.mktemp("pipeline"))
   Pipeline(micro_config(), workdir).run()
   return workdir, VARIANTS
@@ -71,21 +71,20 @@ def test_micro_run_produces_results_plots_and_exports(finished_run):
   # The exported IL-after-ACT model loads in transformers and matches our logits.
   import torch
   from transformers import AutoModelForCausalLM
-  from act_jax.hf import load_pretrained
   from act_jax.models import merge, positions_from_mask
   export = os.path.join(workdir, "export", "il_w_act")
   hf = AutoModelForCausalLM.from_pretrained(export, torch_dtype=torch.float32)
-  params, cfg = load_pretrained(export)
+  params, cfg = params_lib.load(export)
   ids = np.array([[5, 9, 13, 2, 7]])
-  ours, _ = merge(graphdef(cfg), params)(ids, positions_from_mask(np.ones_like(ids, bool)),
-                                          np.ones_like(ids, bool))
+  ours = merge(graphdef(cfg), params)(ids, positions_from_mask(np.ones_like(ids, bool)),
+                                      np.ones_like(ids, bool))
   with torch.no_grad():
     theirs = hf(torch.tensor(ids)).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
 
 
 def test_rerun_retrains_nothing_and_deleting_a_stage_redoes_its_dependents(finished_run):
-  from act_jax.main import Pipeline
+  from act_jax.pipeline import Pipeline
   workdir, _ = finished_run
   before = _step_ids(workdir)
   Pipeline(micro_config(), workdir).run()
@@ -99,7 +98,7 @@ def test_rerun_retrains_nothing_and_deleting_a_stage_redoes_its_dependents(finis
 
 
 def test_more_seeds_train_only_the_new_seeds_and_evaluate_theta0_once(finished_run, tmp_path):
-  from act_jax.main import Pipeline
+  from act_jax.pipeline import Pipeline
   workdir = str(tmp_path / "copy")
   shutil.copytree(finished_run[0], workdir)
   before = _step_ids(workdir)
@@ -152,7 +151,7 @@ def test_action_loss_matches_numpy_with_masks_and_sharding():
   params = init_params(cfg, 0)
   model = __import__("act_jax.models", fromlist=["merge"]).merge(graphdef(cfg), params)
   from act_jax.models import positions_from_mask
-  logits, _ = model(tokens, positions_from_mask(mask), mask)
+  logits = model(tokens, positions_from_mask(mask), mask)
   total, denom, _ = fn(model, batch, None)
   ref_total, ref_denom = _numpy_action_ce(np.asarray(logits), tokens, mask, loss_mask)
   assert float(denom) == ref_denom == 3 * 3 + 5 * 6 - 0  # masked positions excluded
@@ -165,7 +164,7 @@ def test_action_loss_matches_numpy_with_masks_and_sharding():
 
   g1 = jax.jit(jax.grad(mean_loss))(params, batch)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  shard = sharding.tree_shardings(logical_axes(cfg), abstract_params(cfg), mesh)
+  shard = params_lib.shardings(cfg, mesh)
   g8 = jax.jit(jax.grad(mean_loss))(jax.device_put(params, shard),
                                     sharding.shard_batch(batch, mesh))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
@@ -188,7 +187,7 @@ def test_seed_aggregate_is_a_t_interval_clipped_to_rates():
 
 @pytest.mark.parametrize("arg", ["cpu", "gpu"])
 def test_scienceworld_is_evaluated_by_generation_only(arg):
-  from act_jax.main import eval_modes
+  from act_jax.evaluation import eval_modes
   c = _config("smollm2_scienceworld", arg)
   assert eval_modes(c) == ["generate"]
   # Ranking would pick from admissible lists the expert action was appended to.

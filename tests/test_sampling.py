@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from act_jax import sharding as shd
-from act_jax.models import (ModelConfig, abstract_params, graphdef, logical_axes, merge,
-                            positions_from_mask)
+from act_jax import params as params_lib, sharding as shd
+from act_jax.models import ModelConfig, abstract_params, graphdef, merge, positions_from_mask
 from act_jax.sampling import CompileCounter, Sampler, SamplingConfig
 from act_jax.sampling import core
 from act_jax.sampling.config import Buckets, round_up_geometric
@@ -52,7 +51,7 @@ def _params(arch):
 @functools.lru_cache(maxsize=None)
 def _forward(cfg):
   gdef = graphdef(cfg)
-  return jax.jit(lambda p, t, m: merge(gdef, p)(t, positions_from_mask(m), m)[0])
+  return jax.jit(lambda p, t, m: merge(gdef, p)(t, positions_from_mask(m), m))
 
 
 def _seq_logits(cfg, params, seq, width=40):
@@ -235,7 +234,7 @@ def test_top_p_support_matches_numpy_reference():
 def test_sharded_generation_equals_unsharded():
   cfg, params = CFG, _params("qwen3")
   mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  shardings = shd.tree_shardings(logical_axes(cfg), params, mesh)
+  shardings = params_lib.shardings(cfg, mesh)
   sharded = jax.device_put(params, shardings)
   prompts = PROMPTS + [[7, 8, 9]]
   ref = Sampler(cfg).generate(params, prompts, sampling=NO_EOS, max_new_tokens=10, n=2)

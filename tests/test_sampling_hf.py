@@ -5,7 +5,7 @@ import transformers
 
 from act_jax import generate as generate_cli
 from act_jax import tokenizer as toklib
-from act_jax.hf import load_pretrained
+from act_jax import params as params_lib
 from act_jax.sampling import Sampler, SamplingConfig
 from act_jax.sampling.text import TextSampler, apply_stop_strings, first_stop
 
@@ -49,7 +49,7 @@ def test_greedy_equals_transformers_generate(hf_dir):
                          max_new_tokens=steps, do_sample=False, eos_token_id=None,
                          pad_token_id=tok.pad_token_id)
     expected.append(out[0, len(p):].tolist())
-  params, cfg = load_pretrained(hf_dir, param_dtype="float32")
+  params, cfg = params_lib.load(hf_dir, param_dtype="float32")
   got = Sampler(cfg).generate(params, prompts, max_new_tokens=steps,
                               sampling=SamplingConfig(temperature=0.0, eos_ids=()))
   assert got.sequences() == expected
@@ -57,7 +57,7 @@ def test_greedy_equals_transformers_generate(hf_dir):
 
 
 def test_text_sampler_stop_strings_and_chat(hf_dir):
-  params, cfg = load_pretrained(hf_dir, param_dtype="float32")
+  params, cfg = params_lib.load(hf_dir, param_dtype="float32")
   tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
   ts = TextSampler(Sampler(cfg, pad_id=tok.pad_token_id), tok, chat=True)
   greedy = SamplingConfig(temperature=0.0, eos_ids=())

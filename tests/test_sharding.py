@@ -3,9 +3,9 @@ import jax
 import numpy as np
 import pytest
 
-from act_jax import config_lib, loop, sharding, step as step_lib
+from act_jax import config_lib, loop, params as params_lib, sharding, step as step_lib
 from act_jax.data.synthetic import SyntheticBatches
-from act_jax.models import ModelConfig, abstract_params, graphdef, init_params, logical_axes
+from act_jax.models import ModelConfig, graphdef, init_params
 
 CFG = ModelConfig(arch="qwen3", vocab_size=64, hidden_size=32, intermediate_size=64,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True,
@@ -13,7 +13,7 @@ CFG = ModelConfig(arch="qwen3", vocab_size=64, hidden_size=32, intermediate_size
 
 
 def _loss_and_grads(mesh):
-  pshard = sharding.tree_shardings(logical_axes(CFG), abstract_params(CFG), mesh)
+  pshard = params_lib.shardings(CFG, mesh)
   params = init_params(CFG, 0, pshard)
   batch = next(SyntheticBatches(CFG.vocab_size, 8, 16, seed=1))
   batch["mask"][:3, :5] = False  # some padding, so masking is exercised
@@ -45,7 +45,7 @@ def test_accumulation_equals_one_big_batch():
   batch["mask"][::2, :7] = False  # unequal token counts per microbatch
   out = []
   for k in (1, 4):
-    pshard = sharding.tree_shardings(logical_axes(CFG), abstract_params(CFG), mesh)
+    pshard = params_lib.shardings(CFG, mesh)
     state = step_lib.init_state(init_params(CFG, 0, pshard), opt, 0)
     step = jax.jit(step_lib.make_train_step(graphdef(CFG), "next_token", opt, accum_steps=k))
     out.append(jax.device_get(step(state, sharding.shard_batch(batch, mesh))))
@@ -83,7 +83,7 @@ def test_mesh_preset_and_unknown_preset():
 
 
 def test_tiny_training_run_learns(tmp_path):
-  from act_jax.train import PretrainStage
+  from act_jax.stages.pretrain import PretrainStage
   import importlib.util
   spec = importlib.util.spec_from_file_location("tiny", "configs/tiny_cpu.py")
   mod = importlib.util.module_from_spec(spec)

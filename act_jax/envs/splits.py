@@ -27,7 +27,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
+import ml_collections
+
 from act_jax.envs.base import SPLITS, EpisodeSpec
+from act_jax.envs.pool import EnvPool
 from act_jax.envs.sciworld import SW_TASKS, sw_variations
 from act_jax.envs.twx import TWX_GAMES, TWX_SEEDS
 
@@ -173,3 +176,27 @@ def eval_episodes(splits: Mapping[str, SplitSpec], n: int | None = None,
                   exclude: Sequence[str] = ("train",)) -> dict[str, list[EpisodeSpec]]:
   """{split name: episodes} for evaluation, n per game, leaving out the training split."""
   return {name: s.episodes(n) for name, s in splits.items() if name not in exclude}
+
+
+# --- From the experiment config (`config.env`) -------------------------------------------
+
+
+def env_splits(c: ml_collections.ConfigDict) -> dict[str, SplitSpec]:
+  """The run's splits: `train` and the held-out ID / OOD splits of `config.env.games`."""
+  e = c.env
+  if e.name == "twx":
+    params = {**TWX_TRAIN_PARAMS, **dict(e.get("train_params", {}))}
+    out = twx_splits(tuple(e.games), params)
+    if not any(name.startswith("ood") for name in out):
+      # Games with no unseen-object or harder-size fold: their test-fold seeds.
+      out["ood_test_fold"] = SplitSpec("ood_test_fold", "twx", tuple(e.games), "test", "ood",
+                                       {g: params[g] for g in e.games if g in params})
+    return out
+  if e.name == "scienceworld":
+    return sciworld_splits(tuple(e.games) or SW_TRAIN_TASKS)
+  raise ValueError(f"config.env.name: unknown env {e.name!r}")
+
+
+def make_pool(c: ml_collections.ConfigDict) -> EnvPool:
+  """`config.env.pool_size` envs (JVMs) of `config.env.name`, stepped together."""
+  return EnvPool(c.env.name, c.env.pool_size, **c.env.get("env_kwargs", {}))

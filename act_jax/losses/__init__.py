@@ -10,22 +10,12 @@ from typing import Any, Callable
 
 import jax
 
+from act_jax.registry import Registry
+
 LossFn = Callable[[Any, dict[str, jax.Array], Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
-_REGISTRY: dict[str, LossFn] = {}
-
-
-def register(name: str) -> Callable[[LossFn], LossFn]:
-  def deco(fn: LossFn) -> LossFn:
-    _REGISTRY[name] = fn
-    return fn
-  return deco
-
-
-def get(name: str) -> LossFn:
-  if name not in _REGISTRY:
-    raise ValueError(f"config.train.loss: unknown loss {name!r}; known: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+LOSSES: Registry[LossFn] = Registry("loss", "loop.Stage.loss")  # each stage names its own
+register, get = LOSSES.register, LOSSES.get
 
 
 from act_jax.losses import supervised  # noqa: E402,F401  (registers its losses)

@@ -31,6 +31,7 @@ import numpy as np
 
 from act_jax.losses import register
 from act_jax.models import positions_from_mask
+from act_jax.registry import Registry
 
 AGGREGATIONS = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-sum-norm")
 KL_ESTIMATORS = ("k3", "k1")
@@ -78,7 +79,7 @@ def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completio
   N, T = tokens.shape
   C = num_completion
   mask = mask.astype(bool)
-  h, _ = model.hidden(tokens, positions_from_mask(mask), mask)
+  h = model.hidden(tokens, positions_from_mask(mask), mask)
   h = h[:, T - C - 1:T - 1]
   logits = model.logits(h.reshape(N * C, h.shape[-1])).reshape(N, C, -1)
   if temperature != 1.0:
@@ -168,21 +169,8 @@ def aggregate(per_token: jax.Array, w: jax.Array, cfg: GRPOConfig
 # --- Advantage estimators (host side, on a [prompts, G] reward table) --------------
 
 AdvantageFn = Callable[[np.ndarray], np.ndarray]
-_ADVANTAGES: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-  def deco(fn: AdvantageFn) -> AdvantageFn:
-    _ADVANTAGES[name] = fn
-    return fn
-  return deco
-
-
-def get_advantage(name: str) -> AdvantageFn:
-  if name not in _ADVANTAGES:
-    raise ValueError(f"config.grpo.advantage: unknown estimator {name!r}; "
-                     f"known: {sorted(_ADVANTAGES)}")
-  return _ADVANTAGES[name]
+ADVANTAGES: Registry[AdvantageFn] = Registry("estimator", "config.grpo.advantage")
+register_advantage, get_advantage = ADVANTAGES.register, ADVANTAGES.get
 
 
 @register_advantage("grpo")

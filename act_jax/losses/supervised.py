@@ -14,7 +14,7 @@ def token_logprobs(model, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array
   Returns [B, T-1] arrays aligned with tokens[:, 1:]; `mask` is the [B, T] validity
   mask (padding may sit on either side).
   """
-  logits, _ = model(tokens, positions_from_mask(mask), mask)
+  logits = model(tokens, positions_from_mask(mask), mask)
   logits = logits[:, :-1]
   logp_all = jax.nn.log_softmax(logits, axis=-1)
   logp = jnp.take_along_axis(logp_all, tokens[:, 1:, None], axis=-1)[..., 0]

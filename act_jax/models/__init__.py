@@ -7,12 +7,12 @@ import jax
 from flax import nnx
 
 from act_jax.models.config import ModelConfig
-from act_jax.models.decoder import Decoder, init_cache, positions_from_mask
+from act_jax.models.decoder import Decoder, positions_from_mask
 
 Params = dict[str, Any]  # nested dict of arrays: the pytree train steps see
 
-__all__ = ["ModelConfig", "Decoder", "Params", "init_cache", "positions_from_mask",
-           "init_params", "abstract_params", "logical_axes", "merge", "graphdef"]
+__all__ = ["ModelConfig", "Decoder", "Params", "positions_from_mask", "init_params",
+           "abstract_params", "logical_axes", "merge", "graphdef"]
 
 
 def _build(cfg: ModelConfig, seed: int) -> Decoder:

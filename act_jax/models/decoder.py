@@ -1,8 +1,10 @@
 """A Flax NNX decoder-only transformer matching HF Llama 3, Qwen2/2.5 and Qwen3.
 
-Layer parameters are stacked along a leading `layers` axis, so the same weights run
-either under `jax.lax.scan` (compile time flat in depth: the default for training) or
-as an unrolled loop (no per-step cache copies: what the sampler's decode loop uses).
+This is the training and reference forward (losses, scoring, HF parity); generation
+runs on its own unstacked copy of these weights with a KV cache
+(`act_jax.sampling.inference`). Layer parameters are stacked along a leading `layers`
+axis, run under `jax.lax.scan` (compile time flat in depth: the default) or as an
+unrolled loop (`scan_layers=False`: faster steps on CPU, see benchmarks/train_step.py).
 Every parameter carries logical axis names in its `logical_axes` metadata; the mesh
 rules in `act_jax.sharding` turn them into shardings, so parallelism never touches
 this file.
@@ -20,8 +22,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from act_jax.models.config import ModelConfig
-
-Cache = dict[str, jax.Array]  # {"k", "v"}: [layers, batch, slots, kv_heads, head_dim]
 
 _NEG_INF = -1e30
 
@@ -63,7 +63,7 @@ class Layers(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """Token ids -> next-token logits, with an optional preallocated KV cache."""
+  """Token ids -> next-token logits over the whole (padded) sequence."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -74,12 +74,9 @@ class Decoder(nnx.Module):
     if not cfg.tie_embeddings:
       self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), cfg.jnp_param_dtype)
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array,
-               cache: Cache | None = None, cache_index: jax.Array | int = 0,
-               ) -> tuple[jax.Array, Cache | None]:
+  def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     """Runs the decoder: `logits(hidden(...))`, see `hidden` for the arguments."""
-    h, new_cache = self.hidden(tokens, positions, kv_mask, cache, cache_index)
-    return self.logits(h), new_cache
+    return self.logits(self.hidden(tokens, positions, mask))
 
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [..., D] -> float32 logits [..., V].
@@ -91,64 +88,34 @@ class Decoder(nnx.Module):
     head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
     return jnp.einsum("...d,dv->...v", h, head.astype(cfg.jnp_dtype)).astype(jnp.float32)
 
-  def hidden(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array,
-             cache: Cache | None = None, cache_index: jax.Array | int = 0,
-             ) -> tuple[jax.Array, Cache | None]:
+  def hidden(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     """Runs the layers and the final norm.
 
     Args:
       tokens: [B, T] int ids.
       positions: [B, T] RoPE positions (left padding: cumsum(mask) - 1).
-      kv_mask: [B, S] bool, which key slots hold real tokens; S = T without a cache,
-        S = cache slots with one. Causality is by slot index.
-      cache: None, or {"k", "v"} of shape [L, B, S, K, Hd] to write at `cache_index`.
-      cache_index: slot where tokens[:, 0] is written (same for the whole batch).
+      mask: [B, T] bool, which tokens are real; causality is by index.
     Returns:
-      final-normed hidden states [B, T, D] and the updated cache (None without one).
+      final-normed hidden states [B, T, D].
     """
     cfg = self.cfg
-    dt = cfg.jnp_dtype
-    x = self.embed[...].astype(dt)[tokens]
+    x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
     cos, sin = rope_tables(positions, cfg)
     T = tokens.shape[1]
-    q_slots = cache_index + jnp.arange(T)
-    k_slots = jnp.arange(kv_mask.shape[1])
-    mask = (k_slots[None, :] <= q_slots[:, None])[None] & kv_mask[:, None, :]  # [B,T,S]
+    attn_mask = jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]  # [B,T,T]
     layer_params = nnx.to_pure_dict(nnx.state(self.layers))
 
-    def layer(x, p, ck, cv):
-      return _layer(cfg, x, p, cos, sin, mask, ck, cv, cache_index)
+    def layer(x, p):
+      return _layer(cfg, x, p, cos, sin, attn_mask)
 
     if cfg.remat:
       layer = jax.checkpoint(layer)
-
-    if cache is None:
-      if cfg.scan_layers:
-        x, _ = jax.lax.scan(lambda h, p: (layer(h, p, None, None)[0], None), x, layer_params)
-      else:
-        for i in range(cfg.num_layers):
-          x = layer(x, jax.tree.map(lambda a: a[i], layer_params), None, None)[0]
-      new_cache = None
-    elif cfg.scan_layers:
-      def body(h, xs):
-        p, ck, cv = xs
-        h, ck, cv = layer(h, p, ck, cv)
-        return h, (ck, cv)
-      x, (ks, vs) = jax.lax.scan(body, x, (layer_params, cache["k"], cache["v"]))
-      new_cache = {"k": ks, "v": vs}
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(lambda h, p: (layer(h, p), None), x, layer_params)
     else:
-      ks, vs = cache["k"], cache["v"]
       for i in range(cfg.num_layers):
-        x, ck, cv = layer(x, jax.tree.map(lambda a: a[i], layer_params), ks[i], vs[i])
-        ks, vs = ks.at[i].set(ck), vs.at[i].set(cv)
-      new_cache = {"k": ks, "v": vs}
-
-    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), new_cache
-
-
-def init_cache(cfg: ModelConfig, batch: int, slots: int) -> Cache:
-  shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, cfg.jnp_dtype), "v": jnp.zeros(shape, cfg.jnp_dtype)}
+        x = layer(x, jax.tree.map(lambda a: a[i], layer_params))
+    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -203,8 +170,7 @@ def dense(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
   return y.reshape(*lead, *w.shape[contract:])
 
 
-def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask, cache_k, cache_v,
-           cache_index):
+def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask):
   dt = cfg.jnp_dtype
   w = lambda name: p[name].astype(dt)
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
@@ -215,15 +181,12 @@ def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask, cache_k, cach
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  if cache_k is not None:
-    k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, 1)
-    v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, 1)
   attn = attention(q, k, v, mask)
   x = x + dense(attn, w("wo"), contract=2)
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
   gate, up = dense(h, w("w_gate")), dense(h, w("w_up"))
   x = x + dense(jax.nn.silu(gate) * up, w("w_down"))
-  return x, (k if cache_k is not None else None), (v if cache_v is not None else None)
+  return x
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

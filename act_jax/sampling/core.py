@@ -306,6 +306,6 @@ def score(gdef: nnx.GraphDef, params: Params, tokens: jax.Array, mask: jax.Array
   model = nnx.merge(gdef, params)
   T, C = tokens.shape[1], num_targets
   mask = mask.astype(bool)
-  h, _ = model.hidden(tokens, dec.positions_from_mask(mask), mask)
+  h = model.hidden(tokens, dec.positions_from_mask(mask), mask)
   logp = jax.nn.log_softmax(model.logits(h[:, T - C - 1:T - 1]), axis=-1)
   return jnp.take_along_axis(logp, tokens[:, T - C:, None], axis=-1)[..., 0]

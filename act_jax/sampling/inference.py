@@ -1,10 +1,11 @@
 """The decoder's forward pass specialised for generation.
 
-`models.Decoder` stays the reference (training, HF parity). Generating with it
-directly is slow on every backend that cannot fuse a slice into a matmul operand
-(XLA:CPU, and GPU without dynamic-slice fusion): its stacked `[L, ...]` weights and
-cache are re-sliced, and the cache re-stacked, at every decode step. Measured on
-the small benchmark shape that was ~140 ms/step against ~15 ms/step here.
+`models.Decoder` stays the reference (training, HF parity) and has no cache. A
+decode loop over its stacked `[L, ...]` weights (and a stacked cache) is slow on
+every backend that cannot fuse a slice into a matmul operand (XLA:CPU, and GPU
+without dynamic-slice fusion): weights and cache are re-sliced, and the cache
+re-stacked, at every step. Measured on the small benchmark shape that was
+~140 ms/step against ~15 ms/step here.
 
 So generation runs on `InferenceWeights`: the same parameters unstacked per layer
 (one copy, made once per parameter version by `prepare`), with q/k/v and gate/up

@@ -116,21 +116,12 @@ class TextSampler:
 
 
 def load_model(path: str | Path, mesh: Mesh | None = None) -> tuple[Params, Any, Any]:
-  """An HF directory or an act_jax checkpoint -> (params, ModelConfig, tokenizer or None)."""
-  from act_jax import hf  # heavy imports only for callers that load from disk
-  from act_jax.hf import ckpt_io
-  from act_jax.hf import tokenizer as hf_tok
-  path = Path(path)
-  if ckpt_io.is_params_checkpoint(path) or not (path / "config.json").is_file():
-    source = hf.resolve_params_source(path)
-    params, cfg = source.load(mesh)
-    tok_dir = source.tokenizer_dir
-  else:
-    params, cfg = hf.load_pretrained(path, mesh)
-    tok_dir = path
-  tokenizer = hf_tok.load_tokenizer(tok_dir) if tok_dir and hf_tok.has_tokenizer(tok_dir) \
-      else None
-  return params, cfg, tokenizer
+  """Any `act_jax.params` source -> (params, ModelConfig, tokenizer or None)."""
+  from act_jax import params as params_lib  # heavy imports only for callers that load from disk
+  from act_jax.hf.tokenizer import load_tokenizer
+  params, cfg = params_lib.load(path, mesh)
+  tok_dir = params_lib.tokenizer_dir(path)
+  return params, cfg, load_tokenizer(tok_dir) if tok_dir else None
 
 
 def make_sample_fn(model_dir: str | Path, *, max_new_tokens: int = 256,

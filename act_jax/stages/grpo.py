@@ -6,10 +6,11 @@ the rewards into group advantages and lays everything out at fixed shapes for th
 registered `grpo` loss, which the one shared train step (`act_jax.step`) optimises
 with `updates_per_batch` (mu) minibatch updates. Stages differ only in data and
 reward: ACT's critic stage (`stages.critic`) uses the pairwise-judgment reward, and
-stage-3 RL on next-action generation is this same class with the action reward:
+stage-3 RL on next-action generation (`stages.action`) is this same class with the
+action reward:
 
   GRPOStage(config, train_source=imitation_records, reward=rewards.make("action"),
-            detokenize=tok.decode, name="rl_action")
+            detokenize=tok.decode, name="rl")
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from act_jax import loop, models, rewards as rewards_lib, sharding
+from act_jax import config_lib, loop, models, rewards as rewards_lib, sharding
 from act_jax.data import pipeline
 from act_jax.losses import grpo as grpo_loss
 from act_jax.sampling import Result, Sampler, SamplingConfig
@@ -33,41 +34,8 @@ Detokenize = Callable[[Sequence[int]], str]
 Reference = Callable[[loop.Context], Params]
 
 
-def default_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """The `grpo` section with `overrides`. [I] = our inference: the ACT paper states none."""
-  c = ml_collections.ConfigDict(dict(
-      group_size=8,  # G completions per prompt [I: the usual GRPO choice].
-      # mu: on-policy, one update per generation batch [I]. The optimiser schedule
-      # (optim.warmup_steps, the decay's length) counts these updates, mu per step.
-      updates_per_batch=1,
-      max_new_tokens=1024,  # reasoning budget; a cut-off answer is a format error [I].
-      # Sample the model's own distribution [I]. top_k / top_p must stay off: the
-      # loss's ratio uses log-probs of the untruncated distribution.
-      temperature=1.0, top_k=0, top_p=1.0,
-      eps_low=0.2, eps_high=0.28,  # DAPO clip-higher keeps exploration alive [I].
-      beta=1e-3,  # KL to the initial model; 0 loads no reference model [I].
-      kl_estimator="k3",
-      aggregation="token-mean",  # DAPO: long reasoning is not down-weighted [I].
-      advantage="grpo",  # (r - mean) / std; "dr_grpo": r - mean.
-      filter_zero_variance=True,  # groups that all agree carry no signal: masked out.
-      eval_batch_size=64,  # held-out prompts per greedy evaluation batch (global).
-      eos_ids=[],  # empty: the model config's eos_token_id.
-      pad_id=-1,  # -1: the model config's pad_token_id, else 0.
-  ))
-  unknown = sorted(set(overrides) - set(c))
-  if unknown:
-    raise ValueError(f"config.grpo: unknown fields {unknown}; known: {sorted(c)}")
-  c.update(overrides)
-  return c
-
-
-def loss_config(g: ml_collections.ConfigDict) -> grpo_loss.GRPOConfig:
-  """The loss's settings; refuses truncated sampling, whose ratio the loss gets wrong."""
-  if g.top_k > 0 or g.top_p < 1.0:
-    field = "top_k" if g.top_k > 0 else "top_p"
-    raise ValueError(f"config.grpo.{field}={g[field]}: GRPO needs untruncated sampling "
-                     "(top_k=0, top_p=1.0); the loss's ratio uses log-probs of the full "
-                     "softmax, not of the truncated distribution completions would come from")
+def loss_config(g: config_lib.GRPOSection) -> grpo_loss.GRPOConfig:
+  """The loss's settings (`g` has already refused truncated sampling)."""
   return grpo_loss.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
                               kl_estimator=g.kl_estimator, aggregation=g.aggregation,
                               temperature=g.temperature)
@@ -90,7 +58,10 @@ class Rollout:
   """G samples per prompt from the current parameters, through `sampling.Sampler`.
 
   Each process passes its own (padded) prompt rows; the sampler runs on the global
-  batch and each process keeps the completions of its rows.
+  batch and each process keeps the completions of its rows. Processes that feed the
+  same batch slots (the tensor axis spans them) pass the same rows as the same
+  `block`: those rows are sampled once, so every such process keeps the same
+  completions, as the slots they feed together need.
   """
 
   def __init__(self, ctx: loop.Context, sampling: SamplingConfig, max_new_tokens: int,
@@ -99,18 +70,24 @@ class Rollout:
     self.sampling, self.max_new_tokens = sampling, max_new_tokens
 
   def __call__(self, params: Params, tokens: np.ndarray, mask: np.ndarray, rng: jax.Array,
-               n: int, greedy: bool = False) -> Result:
+               n: int, greedy: bool = False, block: int | None = None) -> Result:
+    """`block`: which row block of the global batch these rows are (`batch_shard`'s
+    index); default the process index, for rows that are this process's alone."""
     mine = len(tokens)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      tokens, mask = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                      for x in (tokens, mask))
+      block = jax.process_index() if block is None else block
+      blocks, tokens, mask = (np.asarray(multihost_utils.process_allgather(x))
+                              for x in (np.array(block), tokens, mask))
+      ids, first = np.unique(blocks, return_index=True)  # one copy of each block
+      tokens, mask = (x[first].reshape(-1, x.shape[-1]) for x in (tokens, mask))
+      block = int(np.searchsorted(ids, block))
     sampling = dataclasses.replace(self.sampling, temperature=0.0) if greedy else self.sampling
     out = self.sampler.generate(params, [row[m].tolist() for row, m in zip(tokens, mask)],
                                 sampling=sampling, max_new_tokens=self.max_new_tokens, n=n,
                                 seed=rng)
     if jax.process_count() > 1:
-      rows = slice(jax.process_index() * mine * n, (jax.process_index() + 1) * mine * n)
+      rows = slice(block * mine * n, (block + 1) * mine * n)
       out = dataclasses.replace(
           out, tokens=out.tokens[rows], logprobs=out.logprobs[rows],
           model_logprobs=out.model_logprobs[rows], lengths=out.lengths[rows],
@@ -158,7 +135,8 @@ class GRPOStage(loop.Stage):
   """GRPO on prompts from `train_source`, scored by `reward`.
 
   Args:
-    config: the experiment config (sections `train`, `grpo`, `seed`).
+    config: the experiment config (sections `train`, `grpo`, `seed`); `grpo` is checked
+      as a `config_lib.GRPOSection`.
     train_source: random-access prompt records (`prompt_ids` + the reward's fields),
       e.g. the critic or imitation records of `act_jax.data`.
     reward: `(texts, meta) -> rewards.Scores`, e.g. `rewards.make("judgment")`.
@@ -175,10 +153,11 @@ class GRPOStage(loop.Stage):
                reward: rewards_lib.RewardFn, detokenize: Detokenize,
                eval_source: Any = None, reference: Params | Reference | None = None,
                name: str | None = None):
-    self.config, self.g = config, config.grpo
+    self.config = config
+    self.g = config_lib.GRPOSection.from_config(config.grpo, "config.grpo")
     self.name = name or self.name
     self.loss_cfg = loss_config(self.g)
-    self.updates_per_batch = int(self.g.updates_per_batch)
+    self.updates_per_batch = self.g.updates_per_batch
     self.train_source, self.eval_source = train_source, eval_source
     self.reward, self.detokenize = reward, detokenize
     self._reference = reference
@@ -195,11 +174,10 @@ class GRPOStage(loop.Stage):
         group_by_length=self.config.data.get("group_by_length", 0))
 
   def _pad_id(self, ctx: loop.Context | None) -> int:
-    if self.g.pad_id >= 0:
-      return int(self.g.pad_id)
+    if self.g.pad_id is not None:
+      return self.g.pad_id
     pad = ctx.model_cfg.pad_token_id if ctx is not None else None
-    if pad is None:
-      from act_jax import config_lib  # the model config, before a context exists
+    if pad is None:  # the model config, before a context exists
       pad = config_lib.model_config(self.config).pad_token_id
     return int(pad or 0)
 
@@ -207,18 +185,19 @@ class GRPOStage(loop.Stage):
     if self._rollout is None:
       g = self.g
       sampling = SamplingConfig(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                                eos_ids=tuple(g.eos_ids) or None)
-      self._rollout = Rollout(ctx, sampling, int(g.max_new_tokens), self._pad_id(ctx))
+                                eos_ids=g.eos_ids)
+      self._rollout = Rollout(ctx, sampling, g.max_new_tokens, self._pad_id(ctx))
     return self._rollout
 
   # -- generation, scoring, loss batch --
   def prepare(self, ctx: loop.Context, state: dict[str, Any], batch: dict[str, Any]
               ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    G = int(self.g.group_size)
+    G = self.g.group_size
     t0 = time.perf_counter()
     step = int(jax.device_get(state["step"]))
     rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
-    comp = self.rollout(ctx)(state["params"], batch["tokens"], batch["mask"], rng, n=G)
+    comp = self.rollout(ctx)(state["params"], batch["tokens"], batch["mask"], rng, n=G,
+                             block=sharding.batch_shard(ctx.mesh)[0])
     t_gen = time.perf_counter() - t0
     texts = self._texts(comp)
     meta = {k: [v for v in vals for _ in range(G)] for k, vals in batch["meta"].items()}
@@ -299,6 +278,6 @@ class GRPOStage(loop.Stage):
       raise ValueError(f"{self.name}: config.grpo.eval_batch_size={self.g.eval_batch_size} "
                        f"is not divisible by the {count} processes")
     return pipeline.make_batches(
-        self.eval_source, batch_size=int(self.g.eval_batch_size) // count,
+        self.eval_source, batch_size=self.g.eval_batch_size // count,
         seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
         shard_index=jax.process_index(), shard_count=count, num_epochs=1, meta=True)

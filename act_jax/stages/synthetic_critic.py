@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import ml_collections
 import numpy as np
+
+from act_jax import config_lib, loop, stages
 
 PAD, EOS = 0, 1
 WORDS = ("<pad>", "<eos>", "Answer:", "A", "B", "state", "?")
@@ -68,12 +71,21 @@ def records(num_objects: int, count: int, seed: int, heldout: bool,
   return out
 
 
-def make_stage(config):
-  """The critic stage on this task, from a config with a `data` section like
-  `configs/act_critic_tiny.py`."""
-  from act_jax.stages import critic
+def inputs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The critic stage's `stages.Inputs` on this task, from a config with a `data`
+  section like `configs/act_critic_tiny.py`; refuses a model not sized for the task."""
   d = config.data
-  return critic.CriticStage(
-      config, detokenize=detokenizer(d.num_objects),
-      train_source=records(d.num_objects, d.train_records, config.seed, heldout=False),
-      eval_source=records(d.num_objects, d.eval_records, config.seed + 1, heldout=True))
+  model = config_lib.model_config(config)
+  task = dict(vocab_size=len(vocab(d.num_objects)), eos_token_id=EOS, pad_token_id=PAD)
+  for field, want in task.items():
+    if getattr(model, field) != want:
+      raise ValueError(f"config.model.{field}={getattr(model, field)!r}: the synthetic "
+                       f"critic task with data.num_objects={d.num_objects} needs {want}")
+  return dict(detokenize=detokenizer(d.num_objects),
+              train_source=records(d.num_objects, d.train_records, config.seed, heldout=False),
+              eval_source=records(d.num_objects, d.eval_records, config.seed + 1, heldout=True))
+
+
+def make_stage(config: ml_collections.ConfigDict) -> loop.Stage:
+  """The critic stage on this task."""
+  return stages.make("act", config, **inputs(config))

@@ -1,0 +1,144 @@
+"""The pipeline's data steps, each from the experiment config into its step's directory.
+
+  trajectories  expert gold paths (train) + held-out expert states (ID / OOD)
+  tokenizer     the model's tokenizer, or a byte-level BPE trained on env text
+  datasets      critic pairs + imitation examples (TFDS array_record), held-out pairs
+
+and the format warm-up's records from random play (`format_records`), which the base
+step trains on. Nothing here trains: `act_jax.pipeline` wires these steps together.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from act_jax.data import alternatives as alt_lib, build as build_lib, examples
+from act_jax.data import prompts as prompts_lib
+from act_jax.data.states import trajectory_states
+from act_jax.data.trajectory import read_jsonl, write_jsonl
+from act_jax.envs import expert as expert_lib, rollout
+from act_jax.envs.splits import env_splits, make_pool
+
+
+def prompt_config(c: ml_collections.ConfigDict) -> prompts_lib.PromptConfig:
+  return prompts_lib.PromptConfig.from_dict(c.prompts.to_dict())
+
+
+def load_tokenizer(path: str) -> Any:
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(path)
+
+
+def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
+  """Expert gold paths: the train split for training, the eval splits for held-out states."""
+  splits = env_splits(c)
+  report = {}
+  if c.pipeline.get("trajectories"):  # the user's expert data (e.g. public ALFWorld SFT sets)
+    from act_jax.data.importers import load_trajectories
+    trajs = load_trajectories(c.pipeline.trajectories.split(","), format="auto")
+    write_jsonl(os.path.join(out, "train.jsonl"), trajs)
+    report["train"] = {"trajectories": len(trajs), "source": c.pipeline.trajectories}
+    splits = {k: v for k, v in splits.items() if k != "train"}
+  with make_pool(c) as pool:
+    for name, spec in splits.items():
+      n = c.env.train_per_game if name == "train" else c.env.heldout_per_game
+      trajs, failures, _ = expert_lib.generate(pool, spec.episodes(n), progress=False)
+      write_jsonl(os.path.join(out, f"{name}.jsonl"), trajs)
+      write_jsonl(os.path.join(out, f"{name}.failures.jsonl"), failures)
+      report[name] = {"trajectories": len(trajs), "failed_replays": len(failures)}
+  with open(os.path.join(out, "report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def make_tokenizer(c: ml_collections.ConfigDict, out: str, traj_dir: str) -> str:
+  """The imported model's tokenizer files, or a BPE trained on the train split's text."""
+  if c.pipeline.model_dir:
+    from act_jax import params as params_lib
+    from act_jax.hf.tokenizer import copy_tokenizer_files
+    tok_dir = params_lib.tokenizer_dir(c.pipeline.model_dir)
+    if tok_dir is None:
+      raise ValueError(f"config.pipeline.model_dir={c.pipeline.model_dir}: no tokenizer files")
+    copy_tokenizer_files(tok_dir, out)  # an HF dir's weights stay where they are
+    return out
+  from act_jax import tokenizer as tok_lib
+  trajs = [t for name in ("train",) for t in read_jsonl(os.path.join(traj_dir, f"{name}.jsonl"))]
+  pcfg = prompt_config(c)
+  texts = list(tok_lib.trajectory_texts(trajs, prompt_cfg=pcfg))
+  # The prompt templates' own words, as often as a state appears, so they merge too.
+  template = re.sub(r"\{\w+\}", " ", pcfg.action_user + "\n" + pcfg.critic_user)
+  texts.extend([template] * len(trajs))
+  return tok_lib.train_tokenizer(texts, c.tokenizer.vocab_size, out)
+
+
+def make_datasets(c: ml_collections.ConfigDict, out: str, traj_dir: str, tok_dir: str) -> str:
+  """Critic pairs and imitation examples of every split, one directory each."""
+  tok = load_tokenizer(tok_dir)
+  pcfg = prompt_config(c)
+  alt = alt_lib.AlternativesConfig(source=c.data.alternatives, k=c.data.k, seed=c.seed)
+  # Alternatives from the *initial* policy (the paper's setting) need the model.
+  sample_fn = (build_lib.policy_sample_fn(c.pipeline.model_dir)
+               if c.data.alternatives == "policy" else None)
+  lines = []
+  for name in ["train"] + [s for s in env_splits(c) if s != "train"]:
+    trajs = list(read_jsonl(os.path.join(traj_dir, f"{name}.jsonl")))
+    rep = build_lib.build_datasets(trajs, tok, os.path.join(out, name), prompt_cfg=pcfg,
+                                   alt_cfg=alt, max_state_tokens=c.data.max_state_tokens,
+                                   sample_fn=sample_fn)
+    lines.append(f"{name}: trajectories={rep.trajectories} states={rep.states} "
+                 f"pairs={rep.pairs} dropped={rep.drops.total}")
+  return "; ".join(lines)
+
+
+def random_rollouts(c: ml_collections.ConfigDict, n_per_game: int) -> list[tuple[Any, str]]:
+  """(state, action) pairs from a random-admissible policy on train-fold episodes."""
+  recorded: list[tuple[Any, str]] = []
+  base = rollout.RandomPolicy(seed=c.seed)
+
+  def recording(inputs):
+    acts = base(inputs)
+    recorded.extend(zip(inputs, acts))
+    return acts
+
+  spec = env_splits(c)["train"]
+  with make_pool(c) as pool:
+    rollout.run_episodes(recording, pool, spec.episodes(n_per_game), c.env.max_steps)
+  return recorded
+
+
+def format_records(c: ml_collections.ConfigDict, tok: Any) -> list[dict[str, Any]]:
+  """Warm-up examples from random play: action and answer *formats*, random content."""
+  pcfg = prompt_config(c)
+  rng = np.random.default_rng(c.seed)
+  states = []
+  for i, (x, a) in enumerate(random_rollouts(c, c.stages.base.rollouts_per_game)):
+    traj = x.to_trajectory()
+    traj.steps[-1].action = a
+    states.append(trajectory_states(traj, f"random/{i}", tok, pcfg, c.data.max_state_tokens)[-1])
+  recs = [r for _, r in examples.imitation_records(states, tok, pcfg)]
+  # Critic format: two random admissible actions, a random letter as the "answer".
+  alts = []
+  for s in states:
+    others = [b for b in (s.admissible or ()) if b != s.expert_action]
+    alts.append([others[rng.integers(len(others))]] if others else [])
+  eos = examples.eos_id(tok, pcfg)
+  for _, r in examples.critic_records(states, alts, tok, pcfg, c.seed, "random"):
+    letter = pcfg.letters[int(rng.integers(2))]
+    ans = np.asarray(tok(prompts_lib.answer_text(letter, pcfg), add_special_tokens=False)
+                     ["input_ids"] + [eos], np.int32)
+    p = np.asarray(r["prompt_ids"], np.int32)
+    recs.append({"state_id": r["state_id"], "input_ids": np.concatenate([p, ans]),
+                 "loss_mask": np.concatenate([np.zeros_like(p), np.ones_like(ans)])})
+  if c.stages.base.get("lm_loss", False):
+    # Language modelling on the whole random-play text as well: predicting "You take
+    # the papaya." after a random "take papaya" grows the copy (token-equality)
+    # circuits that judging "which action matches the instruction" needs, without
+    # ever showing which action is right.
+    for r in recs:
+      r["loss_mask"] = np.ones_like(r["loss_mask"])
+  return recs

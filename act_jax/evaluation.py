@@ -1,0 +1,214 @@
+"""Evaluation of one model: the pipeline's `s<seed>/eval_<variant>` steps.
+
+  success        episodes of every held-out split (ID / OOD), the model as the policy in
+                 each `config.eval.modes` mode (`act_jax.policy`)
+  next action    the policy's action on held-out expert states against the expert's
+  judgment       the model as a critic on held-out pairs: greedy, as the ACT stage's
+                 reward sees it (its token budget, its parser), and by forced choice
+                 (which answer string is likelier, over both A/B orders)
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+import numpy as np
+
+from act_jax import rewards, stats
+from act_jax.data import builders, prompts as prompts_lib
+from act_jax.data.steps import prompt_config
+from act_jax.data.trajectory import read_jsonl
+from act_jax.envs import rollout, splits as splits_lib
+from act_jax.envs.pool import EnvPool
+from act_jax.policy import GREEDY, MODES, ModelPolicy
+from act_jax.sampling import Sampler
+
+log = logging.getLogger(__name__)
+
+
+def eval_modes(c: ml_collections.ConfigDict) -> list[str]:
+  """The policy modes to evaluate; ScienceWorld gets `generate` only.
+
+  ScienceWorld's admissible lists often miss the gold surface form, so held-out states
+  carry the expert action appended to them (`rollout.expert_states`): ranking that list
+  can pick the expert action because it is the only candidate written that way.
+  """
+  modes = list(c.eval.modes)
+  unknown = sorted(set(modes) - set(MODES))
+  if unknown:
+    raise ValueError(f"config.eval.modes: unknown {unknown}; known: {MODES}")
+  ranked = [m for m in modes if m != "generate"]
+  if c.env.name == "scienceworld" and ranked:
+    raise ValueError(
+        f"config.eval.modes: {ranked} not allowed on ScienceWorld: ranking picks from the "
+        "admissible list, to which the expert action is appended because the env's lists "
+        "often miss its surface form, so it favours the expert action; use ['generate']")
+  return modes
+
+
+def judgment_config(c: ml_collections.ConfigDict) -> rewards.JudgmentConfig:
+  """The critic reward's settings: evaluation parses judgments exactly as it does."""
+  fields = c.reward.to_dict()
+  return rewards.make_config(fields.pop("name"), **fields)
+
+
+def training_instruction(trajectories: Iterable[Any]) -> str:
+  """The instruction the training prompts carry, so evaluation prompts carry it too.
+
+  Built-in expert data has none; imported data usually shares one system text. Where
+  imported trajectories differ, live episodes get the most common one, and it is said.
+  """
+  counts = collections.Counter(t.instruction for t in trajectories)
+  if not counts:
+    return ""
+  (most, n), total = counts.most_common(1)[0], sum(counts.values())
+  if len(counts) > 1:
+    log.warning("training trajectories carry %d different instructions; evaluation "
+                "episodes use the most common one (%d of %d trajectories)",
+                len(counts), n, total)
+  return most
+
+
+def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokenizer: Any,
+             pool: EnvPool, traj_dir: str, datasets_dir: str,
+             judgment_max_new_tokens: int) -> dict[str, Any]:
+  """eval.json's content, `{"splits": {split: metrics}}`, for the model `params`.
+
+  Metrics of a mode other than the first are filed under `split[mode]`; judgments go to
+  the split's own entry, `judgment_max_new_tokens` long (the critic stage's budget).
+  """
+  pcfg = prompt_config(c)
+  report: dict[str, Any] = {"splits": {}}
+  splits = splits_lib.env_splits(c)
+  eval_specs = splits_lib.eval_episodes(splits, c.eval.episodes_per_game)
+  instruction = training_instruction(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
+  modes = eval_modes(c)
+  for mode in modes:
+    pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode=mode,
+                      max_state_tokens=c.data.max_state_tokens, instruction=instruction)
+    res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps)
+    for split, r in res.items():
+      key = split if mode == modes[0] else f"{split}[{mode}]"
+      entry = report["splits"].setdefault(key, {})
+      entry.update(success_rate=r["success_rate"], success_rate_ci95=r["success_ci95"],
+                   invalid_action_rate=r["invalid_action_rate"], avg_steps=r["avg_steps"],
+                   policy_mode=mode)
+      trajs = list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
+      na = rollout.next_action_accuracy(pol, trajs, max_states=c.eval.heldout_states)
+      entry.update(next_action_accuracy=na["accuracy"],
+                   next_action_accuracy_ci95=na["accuracy_ci95"],
+                   next_action_states=na["states"], next_action_episodes=na["episodes"])
+      if mode == "generate":
+        entry["unparsed_action_rate"] = pol.unparsed / max(pol.generated, 1)
+  judgment = judgment_config(c)
+  for split in splits:
+    if split == "train":
+      continue
+    try:
+      src = builders.load_source(os.path.join(datasets_dir, split), "critic_pairs")
+    except Exception:  # no critic pairs for this split (e.g. no admissible lists)
+      continue
+    recs = [src[i] for i in evenly_spaced(len(src), c.eval.critic_pairs)]
+    j = judgment_accuracy(sampler, params, tokenizer, pcfg, recs, judgment,
+                          max_new_tokens=judgment_max_new_tokens)
+    report["splits"].setdefault(split, {}).update(
+        {k: v for k, v in j.items() if k.startswith("judgment_")},
+        judgment_pairs=j["pairs"], judgment_max_new_tokens=j["max_new_tokens"])
+  return report
+
+
+# --- The model as a critic --------------------------------------------------------------
+
+
+def _text(v: Any) -> str:
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+  """At most k indices spread evenly over range(n), first and last included."""
+  if n <= k:
+    return list(range(n))
+  return sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist()))
+
+
+def reasoning_prefix(completion: str, judgment: rewards.JudgmentConfig) -> str:
+  """What a completion says before its answer: the reasoning forced choice conditions on.
+
+  The text before the last answer line if there is one; else the reasoning block,
+  closed with `</think>` and a newline where the token budget cut it off; else nothing
+  (the answer comes straight after the prompt, as for a model trained to answer
+  without reasoning).
+  """
+  matches = list(re.finditer(judgment.answer_pattern, completion))
+  if matches:
+    return completion[:matches[-1].start()]
+  start, end = judgment.reasoning_start, judgment.reasoning_end
+  if end and end in completion:
+    return completion[:completion.rindex(end) + len(end)] + "\n"
+  if start and start in completion:
+    return completion.rstrip() + end + "\n"
+  return ""
+
+
+def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
+                      prompt_cfg: prompts_lib.PromptConfig, records: Sequence[dict[str, Any]],
+                      judgment: rewards.JudgmentConfig, max_new_tokens: int,
+                      batch_size: int = 64) -> dict[str, Any]:
+  """The critic on held-out pairs, greedy and by forced choice.
+
+  Greedy: one completion per pair in its dataset order, `max_new_tokens` long (the
+  critic stage's budget), scored by the stage's own reward function, so a critic that
+  reasons is judged as training judged it. Forced choice: for each A/B order, the
+  greedy reasoning (if any) is kept and log p of each answer string ("Answer: A" +
+  EOS) compared after it; a pair counts as right when the expert's answer wins on
+  the margin averaged over both orders (a tie counts half), which cancels a letter bias.
+  Intervals: bootstrap over episodes (pairs of one episode share its states).
+  """
+  eos = int(tokenizer.convert_tokens_to_ids(prompt_cfg.eos_token or tokenizer.eos_token))
+  answers = {l: tokenizer(prompts_lib.answer_text(l, prompt_cfg), add_special_tokens=False)
+             ["input_ids"] + [eos] for l in prompt_cfg.letters}
+  other = dict(zip(prompt_cfg.letters, prompt_cfg.letters[::-1]))
+  # Two orders per pair: as stored, and with the candidates swapped (label swapped too).
+  rows: list[tuple[list[int], str]] = []
+  for r in records:
+    label = _text(r["label"])
+    if "state" not in r:
+      raise ValueError("critic pair records lack their 'state' field (datasets written "
+                       "before forced-choice evaluation): rebuild the datasets step")
+    swapped = prompts_lib.critic_prompt(tokenizer, _text(r["state"]), _text(r["action_b"]),
+                                        _text(r["action_a"]), prompt_cfg)
+    rows.append((np.asarray(r["prompt_ids"]).tolist(), label))
+    rows.append((tokenizer(swapped, add_special_tokens=False)["input_ids"], other[label]))
+  texts: list[str] = []
+  for i in range(0, len(rows), batch_size):
+    res = sampler.generate(params, [p for p, _ in rows[i:i + batch_size]], sampling=GREEDY,
+                           max_new_tokens=max_new_tokens)
+    texts.extend(tokenizer.decode(seq, skip_special_tokens=True) for seq in res.sequences())
+  labels = [l for _, l in rows]
+  scores = rewards.judgment_reward(texts[::2], {judgment.label_key: labels[::2]}, judgment)
+  prompts, conts = [], []
+  for (p, _), text in zip(rows, texts):
+    prefix = reasoning_prefix(text, judgment)
+    ids = p + (tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+    for letter in prompt_cfg.letters:
+      prompts.append(ids)
+      conts.append(answers[letter])
+  lp = np.asarray(sampler.score_sums(params, prompts, conts) if prompts else [], np.float64)
+  lp = lp.reshape(len(rows), len(prompt_cfg.letters))
+  first = np.asarray([l == prompt_cfg.letters[0] for l in labels])
+  margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0]).reshape(-1, 2).mean(1)
+  forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
+  episodes = [_text(r["state_id"]).rsplit("/", 1)[0] for r in records]
+  greedy = scores.correct.astype(np.float64)
+  n = len(records)
+  return {"pairs": n, "episodes": len(set(episodes)),
+          "judgment_accuracy": float(greedy.mean()) if n else 0.0,
+          "judgment_accuracy_ci95": list(stats.cluster_bootstrap_ci(greedy, episodes)),
+          "judgment_format_error_rate": float(scores.malformed.mean()) if n else 0.0,
+          "judgment_forced_accuracy": float(forced.mean()) if n else 0.0,
+          "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
+          "max_new_tokens": int(max_new_tokens)}

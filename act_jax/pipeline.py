@@ -1,0 +1,284 @@
+"""The ACT pipeline's step graph, each step resumable (see `act_jax.workflow`):
+
+  trajectories  expert gold paths (train) + held-out expert states (ID / OOD)
+  tokenizer     the model's tokenizer, or a byte-level BPE trained on env text
+  datasets      critic pairs + imitation examples (TFDS array_record), held-out pairs
+  base          the initial policy: an HF / act_jax checkpoint, or (from scratch) a
+                format warm-up on *random* rollouts — it learns the answer formats and
+                (stages.base.lm_loss) the env's language, never which action is right
+  s<seed>/act   ACT critic GRPO from base                 (variants act, *_w_act)
+  s<seed>/il    imitation from base / from act            (il, il_w_act)
+  s<seed>/rl    GRPO on next-action generation, base/act  (rl, rl_w_act)
+  s<seed>/eval  episode success (ID, OOD), next-action and judgment accuracy
+  results       DIR/results.{json,md}, plots, HF export of each variant
+
+The data steps live in `act_jax.data.steps`, the training stages in `act_jax.stages`,
+evaluation in `act_jax.evaluation`; here they are wired together.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from act_jax import config_lib, evaluation, loop, metrics, params as params_lib
+from act_jax import results as results_lib, stages, workflow
+from act_jax.data import builders, steps as data_steps
+from act_jax.envs.pool import EnvPool
+from act_jax.envs.splits import make_pool
+from act_jax.sampling import Sampler
+
+VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act")
+# Each variant is a chain of training stages run from the base model.
+CHAINS = {"prompt": (), "il": ("il",), "rl": ("rl",), "act": ("act",),
+          "il_w_act": ("act", "il"), "rl_w_act": ("act", "rl")}
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_collections.ConfigDict:
+  """The experiment config as one stage's run sees it: its steps, batch, lr, seed, and
+  for the GRPO stages (act, rl) its own `stages.<stage>.grpo` section as `grpo`."""
+  if "grpo" in c:
+    raise ValueError("config.grpo: a pipeline config sets GRPO per stage, in "
+                     "config.stages.act.grpo and config.stages.rl.grpo")
+  s = copy.deepcopy(c)
+  sc = c.stages[stage]
+  s.seed = seed
+  s.train.update({k: sc[k] for k in ("steps", "batch_size", "eval_every") if k in sc})
+  s.optim.update({k: sc[k] for k in ("lr", "warmup_steps", "schedule") if k in sc})
+  if stage in ("act", "rl"):
+    if "grpo" not in sc:
+      raise ValueError(f"config.stages.{stage}.grpo: missing; the {stage} stage runs GRPO "
+                       "with its own section, e.g. config_lib.grpo(group_size=4)")
+    with s.unlocked():
+      s.grpo = copy.deepcopy(sc.grpo)
+  return s
+
+
+def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> dict[str, Any]:
+  """Every setting a stage's training reads: its whole `stage_config`, less what cannot
+  change the trained model, so that no config change is silently ignored on rerun.
+
+  Left out: which runs and exports to make (`pipeline.variants/seeds/export`),
+  evaluation (`eval`), the other stages' sections, and the other GRPO stage's reward.
+  """
+  d = stage_config(c, stage, seed).to_dict()
+  d["stages"] = d["stages"][stage]
+  d.pop("eval", None)
+  for k in ("variants", "seeds", "export"):
+    d["pipeline"].pop(k, None)
+  for section, reader in (("reward", "act"), ("action_reward", "rl")):
+    if stage != reader:
+      d.pop(section, None)
+  return d
+
+
+def chain_key(seed: int, chain: Sequence[str]) -> str:
+  """Where a chain of stages from the base model lives: "base", "s0/act", "s0/act_il"."""
+  return f"s{seed}/" + "_".join(chain) if chain else "base"
+
+
+def variants(c: ml_collections.ConfigDict) -> list[str]:
+  names = [v.strip() for v in c.pipeline.variants.split(",") if v.strip()]
+  bad = sorted(set(names) - set(VARIANTS))
+  if bad:
+    raise ValueError(f"config.pipeline.variants: unknown {bad}; known: {VARIANTS}")
+  return names
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+class Pipeline:
+  """Holds what every step needs: config, workdir, tokenizer, model config, sampler.
+
+  `self.c` stays the config as given (the steps' fingerprints read it); `full_config`
+  adds the model's fields, once the tokenizer step has run.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.c, self.dir = config, workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.steps: dict[str, workflow.Step] = {}
+    self._pool: EnvPool | None = None
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.dir, *parts)
+
+  # Shared objects, built when a step first needs them.
+  @functools.cached_property
+  def tok(self) -> Any:
+    return data_steps.load_tokenizer(self.path("tokenizer"))
+
+  @functools.cached_property
+  def full_config(self) -> ml_collections.ConfigDict:
+    """The experiment config with the model filled in: the imported checkpoint's
+    architecture (`c.model`'s fields on top), or from scratch the run's tokenizer's
+    vocabulary (a multiple of 64) and special ids."""
+    c = copy.deepcopy(self.c)
+    with c.unlocked():
+      if self.c.pipeline.model_dir:
+        mcfg = params_lib.model_config(self.c.pipeline.model_dir)
+        c.model_preset = None
+        c.model = ml_collections.ConfigDict({**mcfg.to_dict(), **self.c.model.to_dict()})
+      else:
+        tok = self.tok
+        c.model.vocab_size = int(np.ceil(len(tok) / 64) * 64)
+        c.model.eos_token_id = int(tok.convert_tokens_to_ids(tok.eos_token))
+        c.model.pad_token_id = int(tok.pad_token_id or 0)
+    return c
+
+  @functools.cached_property
+  def ctx(self) -> loop.Context:
+    return loop.build_context(self.full_config)
+
+  @property
+  def pool(self) -> EnvPool:
+    """One pool of environments (JVMs) for every evaluation of the run."""
+    if self._pool is None:
+      self._pool = make_pool(self.c)
+    return self._pool
+
+  @functools.cached_property
+  def sampler(self) -> Sampler:
+    return Sampler(self.ctx.model_cfg, self.ctx.mesh)
+
+  def params_of(self, stage_dir: str) -> Any:
+    params, _ = params_lib.load(stage_dir, self.ctx.mesh,
+                               config_lib.sharding_rules(self.full_config))
+    return params
+
+  def run(self) -> dict[str, Any]:
+    try:
+      return self._run()
+    finally:
+      if self._pool is not None:
+        self._pool.close()
+        self._pool = None
+
+  def _run(self) -> dict[str, Any]:
+    c = self.c
+    config_lib.validate(c), variants(c), evaluation.eval_modes(c)  # refuse a bad config first
+    st = self.steps
+    st["trajectories"] = workflow.run_step(
+        "trajectories", self.path("trajectories"), {},
+        lambda d: data_steps.make_trajectories(c, d), lambda r: json.dumps(r),
+        config=[c.env.to_dict(), c.pipeline.get("trajectories", "")])
+    st["tokenizer"] = workflow.run_step(
+        "tokenizer", self.path("tokenizer"), {"trajectories": st["trajectories"]},
+        lambda d: data_steps.make_tokenizer(c, d, self.path("trajectories")),
+        config=[c.tokenizer.to_dict(), c.pipeline.model_dir])
+    st["datasets"] = workflow.run_step(
+        "datasets", self.path("datasets"),
+        {"trajectories": st["trajectories"], "tokenizer": st["tokenizer"]},
+        lambda d: data_steps.make_datasets(c, d, self.path("trajectories"),
+                                           self.path("tokenizer")),
+        lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed,
+                             c.pipeline.model_dir, builders.VERSION])
+    st["base"] = workflow.run_step(
+        "base", self.path("base"), {"tokenizer": st["tokenizer"]}, self.train_base,
+        config=stage_fingerprint(c, "base", c.seed))
+    evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
+    for seed in range(c.pipeline.seeds):
+      for v in variants(c):
+        if not CHAINS[v] and seed > 0:
+          continue  # θ0 and its greedy evaluation do not depend on the seed: one run
+        prev = "base"
+        for i, stage in enumerate(CHAINS[v]):
+          key = chain_key(seed, CHAINS[v][:i + 1])
+          if key not in st:
+            st[key] = workflow.run_step(
+                key, self.path(key), {"from": st[prev], "datasets": st["datasets"]},
+                lambda d, stage=stage, prev=prev, seed=seed: self.train_stage(
+                    stage, seed, self.path(prev), d),
+                config=stage_fingerprint(c, stage, seed))
+          prev = key
+        ev_key = f"s{seed}/eval_{v}"
+        st[ev_key] = workflow.run_step(
+            ev_key, self.path(ev_key), {"model": st[prev], "datasets": st["datasets"]},
+            lambda d, prev=prev: self.evaluate(self.path(prev), d),
+            lambda r: json.dumps({k: round(v.get("success_rate", v.get("accuracy", 0)), 3)
+                                  for k, v in r.items() if isinstance(v, dict)}),
+            config=[c.eval.to_dict(), c.env.to_dict(), c.reward.to_dict(), c.prompts.to_dict(),
+                    c.data.max_state_tokens, self._judgment_budget()])
+        with open(os.path.join(self.path(ev_key), "eval.json")) as f:
+          evals[v][seed] = json.load(f)["splits"]
+    return self.write_results(evals)
+
+  # -- training ---------------------------------------------------------------------
+  def train_base(self, out: str) -> str:
+    c = self.full_config
+    if c.pipeline.model_dir:
+      self._save_params(out, self.params_of(c.pipeline.model_dir))
+      return "imported " + c.pipeline.model_dir
+    recs = data_steps.format_records(c, self.tok)
+    sc = stage_config(c, "base", c.seed)
+    loop.run(sc, out, stages.make("base", sc, train_source=recs, pad_id=self._pad()),
+             ctx=self.ctx)
+    return f"format warm-up on {len(recs)} random-play examples"
+
+  def _pad(self) -> int:
+    return int(self.ctx.model_cfg.pad_token_id or 0)
+
+  def _save_params(self, out: str, params: Any) -> None:
+    """A one-step 'run' holding the params, so every stage dir loads the same way."""
+    params_lib.save(out, params, self.ctx.model_cfg, tokenizer_dir=self.path("tokenizer"))
+
+  def train_stage(self, stage: str, seed: int, init_dir: str, out: str) -> str:
+    sc = stage_config(self.full_config, stage, seed)
+    init = self.params_of(init_dir)
+    train = builders.load_source(self.path("datasets", "train"),
+                                 "critic_pairs" if stage == "act" else "imitation_pairs")
+    # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
+    held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
+            if stage == "act" else None)
+    s = stages.make(stage, sc, train_source=train, eval_source=held, reference=init,
+                    detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
+                    pad_id=self._pad())
+    loop.run(sc, out, s, init_params=init, ctx=self.ctx)
+    return f"{stage} seed {seed}"
+
+  # -- evaluation and results -------------------------------------------------------
+  def _judgment_budget(self) -> int:
+    """Judgments are evaluated with the critic stage's own token budget."""
+    return stage_config(self.c, "act", 0).grpo.max_new_tokens
+
+  def evaluate(self, model_dir: str, out: str) -> dict[str, Any]:
+    params = self.params_of(model_dir)
+    report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
+                                 self.path("trajectories"), self.path("datasets"),
+                                 int(self._judgment_budget()))
+    with open(os.path.join(out, "eval.json"), "w") as f:
+      json.dump(report, f, indent=2)
+    return report["splits"]
+
+  def write_results(self, evals: dict[str, dict[int, Any]]) -> dict[str, Any]:
+    order = variants(self.c)
+    doc = results_lib.write(self.dir, evals, order, extra={
+        "config": json.loads(self.full_config.to_json_best_effort()),
+        "policy_modes": evaluation.eval_modes(self.c)})
+    results_lib.plot_variants(self.path("variants.png"), doc["variants"], order)
+    curves = {}
+    for key in self.steps:
+      f = self.path(key, "metrics.jsonl")
+      if os.path.exists(f):
+        curves[key] = metrics.read_jsonl(f)
+    results_lib.plot_curves(self.path("curves.png"), curves,
+                            keys=("loss", "reward", "eval_accuracy"))
+    if self.c.pipeline.export:
+      from act_jax.hf import save_pretrained
+      for v in order:
+        src = chain_key(0, CHAINS[v])
+        dst = self.path("export", v)
+        if not os.path.exists(os.path.join(dst, "config.json")):
+          save_pretrained(dst, self.params_of(self.path(src)), self.ctx.model_cfg,
+                          tokenizer_dir=self.path("tokenizer"), overwrite=True)
+    print(open(self.path("results.md")).read(), flush=True)
+    return doc
