@@ -3,7 +3,6 @@
 section stops the run at start-up with its full path."""
 import ast
 import glob
-import importlib.util
 import os
 import sys
 
@@ -13,6 +12,7 @@ from ml_collections import config_flags
 
 from act_jax import config_lib, loop, pipeline
 from act_jax.stages import grpo as grpo_stage, synthetic_critic
+import config_files
 
 CONFIGS = sorted(glob.glob("configs/*.py"))
 # Each config with every argument it documents (None: the default).
@@ -20,11 +20,7 @@ ARGS = {"pretrained": [None, "qwen3-8b,tpu_v5p_64"], "smollm2_twx": [None, "cpu"
         "smollm2_scienceworld": [None, "cpu"]}
 
 
-def _config(name, *args):
-  spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(*args)
+_config = config_files.load
 
 
 def _imports(path):

@@ -1,22 +1,18 @@
 """Config fields that must take effect wherever a run starts: the schedule's length, the
 pipeline's per-stage settings, the batch split, and what a pipeline step's rerun checks."""
 import copy
-import importlib.util
 import os
 
 import pytest
 
 from act_jax import loop, pipeline, sharding, stages, step as step_lib, train, workflow
 from act_jax.stages import synthetic_critic
+import config_files
 
 STAGES = ("base", "act", "il", "rl")
 
 
-def _config(name, *args):
-  spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(*args)
+_config = config_files.load
 
 
 def test_schedule_follows_train_steps_from_the_command_line():

@@ -1,6 +1,5 @@
 """The ACT pipeline end to end on a micro budget, its resumability, and the IL loss."""
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -11,13 +10,10 @@ import pytest
 
 from act_jax import losses, params as params_lib, sharding, workflow
 from act_jax.models import ModelConfig, graphdef, init_params
+import config_files
 
 
-def _config(name, *args):
-  spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(*args)
+_config = config_files.load
 
 
 def micro_config():
