@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from act_jax import rewards, stats
-from act_jax.data import builders, prompts as prompts_lib
+from act_jax.data import builders, examples, prompts as prompts_lib
 from act_jax.data.steps import prompt_config
 from act_jax.data.trajectory import read_jsonl
 from act_jax.envs import rollout, splits as splits_lib
@@ -168,7 +168,7 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   the margin averaged over both orders (a tie counts half), which cancels a letter bias.
   Intervals: bootstrap over episodes (pairs of one episode share its states).
   """
-  eos = int(tokenizer.convert_tokens_to_ids(prompt_cfg.eos_token or tokenizer.eos_token))
+  eos = examples.eos_id(tokenizer, prompt_cfg)
   answers = {l: tokenizer(prompts_lib.answer_text(l, prompt_cfg), add_special_tokens=False)
              ["input_ids"] + [eos] for l in prompt_cfg.letters}
   other = dict(zip(prompt_cfg.letters, prompt_cfg.letters[::-1]))
@@ -197,7 +197,11 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
     for letter in prompt_cfg.letters:
       prompts.append(ids)
       conts.append(answers[letter])
-  lp = np.asarray(sampler.score_sums(params, prompts, conts) if prompts else [], np.float64)
+  # Scored in chunks like the generation above: one batch of 4 x pairs rows would not
+  # fit a large model's device memory.
+  lp = np.asarray([x for i in range(0, len(prompts), batch_size)
+                   for x in sampler.score_sums(params, prompts[i:i + batch_size],
+                                               conts[i:i + batch_size])], np.float64)
   lp = lp.reshape(len(rows), len(prompt_cfg.letters))
   first = np.asarray([l == prompt_cfg.letters[0] for l in labels])
   margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0]).reshape(-1, 2).mean(1)

@@ -51,8 +51,9 @@ def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_coll
   s = copy.deepcopy(c)
   sc = c.stages[stage]
   s.seed = seed
-  s.train.update({k: sc[k] for k in ("steps", "batch_size", "eval_every") if k in sc})
-  s.optim.update({k: sc[k] for k in ("lr", "warmup_steps", "schedule") if k in sc})
+  given = lambda keys: {k: sc[k] for k in keys if sc.get(k) is not None}  # None keeps theirs
+  s.train.update(given(("steps", "batch_size", "eval_every")))
+  s.optim.update(given(("lr", "warmup_steps", "schedule")))
   if stage in ("act", "rl"):
     if "grpo" not in sc:
       raise ValueError(f"config.stages.{stage}.grpo: missing; the {stage} stage runs GRPO "
@@ -247,7 +248,10 @@ class Pipeline:
 
   # -- evaluation and results -------------------------------------------------------
   def _judgment_budget(self) -> int:
-    """Judgments are evaluated with the critic stage's own token budget."""
+    """Judgments are evaluated with the critic stage's own token budget (a config
+    without a critic stage: the GRPO default)."""
+    if "act" not in self.c.stages:
+      return config_lib.GRPOSection().max_new_tokens
     return stage_config(self.c, "act", 0).grpo.max_new_tokens
 
   def evaluate(self, model_dir: str, out: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from act_jax import parsing
-from act_jax.data import prompts as prompts_lib
+from act_jax.data import examples, prompts as prompts_lib
 from act_jax.data.states import trajectory_states
 from act_jax.envs.rollout import PolicyInput
 from act_jax.sampling import SamplingConfig, Sampler
@@ -35,7 +35,7 @@ class ModelPolicy:
     self.sampler, self.params, self.tok, self.cfg = sampler, params, tokenizer, prompt_cfg
     self.mode, self.max_state_tokens = mode, max_state_tokens
     self.max_new_tokens, self.instruction, self.batch_size = max_new_tokens, instruction, batch_size
-    self._eos = int(tokenizer.convert_tokens_to_ids(prompt_cfg.eos_token or tokenizer.eos_token))
+    self._eos = examples.eos_id(tokenizer, prompt_cfg)
     self.generated = self.unparsed = 0
 
   def state_text(self, x: PolicyInput) -> str:

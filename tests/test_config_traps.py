@@ -129,3 +129,13 @@ def test_pipeline_steps_are_fingerprinted_by_stage_fingerprint(tmp_path, monkeyp
   assert seen["base"] == pipeline.stage_fingerprint(c, "base", c.seed)
   for key, stage in (("s0/act", "act"), ("s0/act_il", "il"), ("s0/rl", "rl")):
     assert seen[key] == pipeline.stage_fingerprint(c, stage, 0), key
+
+
+def test_a_stage_field_set_to_none_keeps_the_global_value():
+  c = _config("embedded")
+  c.stages.il.lr = None
+  c.stages.il.steps = None
+  s = pipeline.stage_config(c, "il", 0)
+  assert s.optim.lr == c.optim.lr and s.train.steps == c.train.steps
+  fresh = _config("embedded")
+  assert pipeline.stage_config(fresh, "il", 0).optim.lr == fresh.stages.il.lr != c.optim.lr
