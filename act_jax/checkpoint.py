@@ -77,8 +77,7 @@ class Manager:
                async_save: bool = True):
     if best_mode not in ("max", "min"):
       raise ValueError(f"config.checkpoint.best_mode: {best_mode!r} is not 'max' or 'min'")
-    self.directory = epath.Path(directory).absolute() if "://" not in directory \
-        else epath.Path(directory)
+    self.directory = orbax_path(directory)
     self.every = every
     self.best_metric = best_metric
     self.last_save_seconds = 0.0  # blocking time of the newest save
@@ -218,12 +217,14 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def checkpoints_dir(path: str) -> epath.Path:
-  """`path` itself if it holds steps, else its `checkpoints/` (a training workdir).
+def orbax_path(path: str) -> epath.Path:
+  """`path` as Orbax takes it: local paths made absolute (it refuses relative ones)."""
+  return epath.Path(path) if "://" in path else epath.Path(path).absolute()
 
-  Local paths are made absolute: Orbax refuses to restore from a relative one.
-  """
-  p = epath.Path(path).absolute() if "://" not in path else epath.Path(path)
+
+def checkpoints_dir(path: str) -> epath.Path:
+  """`path` itself if it holds steps, else its `checkpoints/` (a training workdir)."""
+  p = orbax_path(path)
   sub = p / CHECKPOINTS_SUBDIR
   return sub if sub.is_dir() else p
 

@@ -101,7 +101,8 @@ def load(source: str | Path, mesh: Mesh | None = None, rules: Rules | None = Non
       params = hf.load_hf_params(path, cfg, shardings(cfg, mesh, rules))
     else:
       with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(path.absolute() / PARAMS_DIR, _target(cfg, mesh, rules))
+        params = ckptr.restore(checkpoint.orbax_path(str(path)) / PARAMS_DIR,
+                               _target(cfg, mesh, rules))
   log.info("loaded %s (%s, %s, %.0fM params) in %.1fs", source, k, cfg.arch,
            cfg.num_params() / 1e6, time.perf_counter() - t0)
   return params, cfg
