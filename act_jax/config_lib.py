@@ -40,6 +40,9 @@ def base() -> ml_collections.ConfigDict:
       final_lr_frac=0.1, weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
       steps=100, batch_size=8, seq_len=64, accum_steps=1, eval_every=0,
+      # What the stage trains: "all", or "top:K" (the top K layers and the final norm;
+      # the embeddings and the layers below frozen: act_jax.trainable).
+      trainable="all",
       # Stop after this many non-finite (skipped) updates in a row; 0 never stops.
       max_nonfinite=5,
       # Per-device peak TFLOP/s for the logged MFU (e.g. 989 H100 bf16 dense, 459 TPU
@@ -211,6 +214,7 @@ class StageSection(Section):
   lr: float | None = None
   warmup_steps: int | None = None
   schedule: str | None = None
+  trainable: str | None = None  # train.trainable for this stage
   grpo: GRPOSection | None = None  # the GRPO stages' (act, rl) own section
   rollouts_per_game: int | None = None  # base: random-play episodes of the format warm-up
   lm_loss: bool | None = None  # base: also the LM loss on the env's text

@@ -43,6 +43,7 @@ import optax
 
 from act_jax import (checkpoint, config_lib, flops, metrics as metrics_lib, models,
                      params as params_lib, sharding, step as step_lib)
+from act_jax.trainable import Trainable
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,15 @@ def build_context(config: ml_collections.ConfigDict) -> Context:
   return Context(model_cfg, mesh, models.graphdef(model_cfg), pshard)
 
 
-def state_shardings(ctx: Context, optimizer: optax.GradientTransformation) -> Any:
-  """Optimiser moments follow their parameter's sharding; scalars are replicated."""
+def state_shardings(ctx: Context, optimizer: optax.GradientTransformation,
+                    trainable: Trainable = Trainable()) -> Any:
+  """Optimiser moments (of the trainable params) follow their parameter's sharding;
+  scalars are replicated."""
   rep = sharding.replicated(ctx.mesh)
-  abstract = jax.eval_shape(optimizer.init, models.abstract_params(ctx.model_cfg))
-  opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract, ctx.param_shardings,
+  abstract = jax.eval_shape(lambda p: optimizer.init(trainable.split(p)[0]),
+                            models.abstract_params(ctx.model_cfg))
+  opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract,
+                              trainable.split(ctx.param_shardings, cut=False)[0],
                               transform_non_params=lambda _: rep)
   return {"params": ctx.param_shardings, "opt_state": opt, "step": rep, "rng": rep}
 
@@ -183,7 +188,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
   ctx = ctx or build_context(config)
   tc = config.train
   optimizer = step_lib.make_optimizer(optimizer_config(config, stage))
-  st_shard = state_shardings(ctx, optimizer)
+  trainable = Trainable.parse(tc.trainable, ctx.model_cfg.num_layers)
+  st_shard = state_shardings(ctx, optimizer, trainable)
   # The rows this process feeds follow from the mesh, not from the process index alone.
   shard_index, shard_count = sharding.batch_shard(ctx.mesh)
   if tc.batch_size % shard_count:
@@ -200,7 +206,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                            async_save=ck.async_save)
   writer = None
   try:
-    init = jax.jit(lambda p: step_lib.init_state(p, optimizer, config.seed),
+    init = jax.jit(lambda p: step_lib.init_state(p, optimizer, config.seed, trainable),
                    out_shardings=st_shard)
     nonfinite_total = 0
     if mgr.latest_step() is not None:
@@ -230,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
           batch_sh = {k: sharding.batch_sharding(ctx.mesh, np.ndim(v)) for k, v in batch.items()}
           step_fn = sharding.jit_step(
               step_lib.make_train_step(ctx.gdef, stage.loss, optimizer, stage.loss_cfg,
-                                       tc.accum_steps, stage.updates_per_batch),
+                                       tc.accum_steps, stage.updates_per_batch, trainable),
               st_shard, batch_sh, sharding.replicated(ctx.mesh))
         device_batch = sharding.shard_batch(batch, ctx.mesh)
         with jax.transfer_guard("disallow"):

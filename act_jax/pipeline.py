@@ -28,10 +28,11 @@ import numpy as np
 
 from act_jax import config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
-from act_jax.data import builders, steps as data_steps
+from act_jax.data import builders, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.splits import make_pool
 from act_jax.sampling import Sampler
+from act_jax.trainable import Trainable
 
 VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act")
 # Each variant is a chain of training stages run from the base model.
@@ -52,7 +53,7 @@ def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_coll
   sc = c.stages[stage]
   s.seed = seed
   given = lambda keys: {k: sc[k] for k in keys if sc.get(k) is not None}  # None keeps theirs
-  s.train.update(given(("steps", "batch_size", "eval_every")))
+  s.train.update(given(("steps", "batch_size", "eval_every", "trainable")))
   s.optim.update(given(("lr", "warmup_steps", "schedule")))
   if stage in ("act", "rl"):
     if "grpo" not in sc:
@@ -240,6 +241,10 @@ class Pipeline:
     # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
     held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
             if stage == "act" else None)
+    trainable = Trainable.parse(sc.train.trainable, self.ctx.model_cfg.num_layers)
+    if trainable.frozen_prefix and stage == "il":  # a fixed input: its prefix is cached
+      train = prefix_cache.attach(train, "input_ids", trainable.split(init)[1],
+                                  self.ctx.model_cfg, self.path("prefix_cache"))
     s = stages.make(stage, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
                     pad_id=self._pad())

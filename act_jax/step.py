@@ -16,7 +16,8 @@ import optax
 from flax import nnx
 
 from act_jax import losses
-from act_jax.models import Params
+from act_jax.models import Params, decoder, positions_from_mask
+from act_jax.trainable import Trainable
 
 TrainState = dict[str, Any]  # {"params", "opt_state", "step", "rng"}
 SCHEDULES = ("cosine", "constant")  # what follows the warmup
@@ -59,39 +60,60 @@ def make_optimizer(c: Mapping[str, Any]) -> optax.GradientTransformation:
                   mask=decay_mask))
 
 
-def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-  return {"params": params, "opt_state": optimizer.init(params),
+def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int,
+               trainable: Trainable = Trainable()) -> TrainState:
+  """The full params, and optimiser moments for the trainable ones only."""
+  return {"params": params, "opt_state": optimizer.init(trainable.split(params)[0]),
           "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
+                 trainable: Trainable = Trainable()) -> Callable:
+  """`(train, frozen, batch) -> ((loss_sum, (denom, metrics)), grads of train)`.
+
+  With a frozen prefix the loss sees a model of the layers above it, fed the prefix's
+  output as `batch["prefix"]`: from the batch when a stage cached it
+  (`act_jax.data.prefix_cache`), else computed here from `frozen`, which is not
+  differentiated, so no gradient flows below the first trainable layer.
+  """
+  loss_fn = losses.get(loss_name)
+
+  def micro_loss(train, frozen, mb):
+    model = nnx.merge(gdef, trainable.top_model(train, frozen))
+    if trainable.frozen_prefix and "prefix" not in mb:
+      mask = mb["mask"].astype(bool)
+      x = decoder.prefix(model.cfg, frozen, mb["tokens"], positions_from_mask(mask), mask)
+      mb = {**mb, "prefix": jax.lax.stop_gradient(x)}
+    total, denom, metrics = loss_fn(model, mb, loss_cfg)
+    return total, (denom, metrics)
+
+  return jax.value_and_grad(micro_loss, has_aux=True)
 
 
 def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.GradientTransformation,
                     loss_cfg: Any = None, accum_steps: int = 1,
-                    updates_per_batch: int = 1) -> Callable:
+                    updates_per_batch: int = 1, trainable: Trainable = Trainable()
+                    ) -> Callable:
   """Builds the pure step for the registered loss `loss_name`.
 
-  The batch is split into `updates_per_batch` minibatches (GRPO's mu), each one an
+  Gradients and optimiser moments cover `trainable`'s part of the params only
+  (`make_grad_fn`); the frozen part is carried over bitwise. The batch is split into `updates_per_batch` minibatches (GRPO's mu), each one an
   optimiser update made of `accum_steps` accumulated microbatches. An update whose loss
   denominator is 0 (no loss tokens) leaves params and optimiser state untouched: AdamW
   would otherwise move the params on stale moments and advance the schedule.
   """
-  loss_fn = losses.get(loss_name)
-
-  def micro_loss(params, mb):
-    total, denom, metrics = loss_fn(nnx.merge(gdef, params), mb, loss_cfg)
-    return total, (denom, metrics)
-
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  grad_fn = make_grad_fn(gdef, loss_name, loss_cfg, trainable)
 
   def update(state: TrainState, batch: dict[str, jax.Array]):
-    params = state["params"]
+    params, frozen = trainable.split(state["params"])
     if accum_steps == 1:
-      (total, (denom, metrics)), grads = grad_fn(params, batch)
+      (total, (denom, metrics)), grads = grad_fn(params, frozen, batch)
     else:
       mbs = _split(batch, accum_steps)
 
       def body(carry, mb):
         g_acc, t_acc, d_acc = carry
-        (t, (d, m)), g = grad_fn(params, mb)
+        (t, (d, m)), g = grad_fn(params, frozen, mb)
         return (jax.tree.map(jnp.add, g_acc, g), t_acc + t, d_acc + d), m
 
       zeros = jax.tree.map(jnp.zeros_like, params)
@@ -110,7 +132,7 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
     new_params = optax.apply_updates(params, updates)
     apply = finite & signal
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
-    new_state = {"params": keep(new_params, params),
+    new_state = {"params": trainable.join(state["params"], keep(new_params, params)),
                  "opt_state": keep(opt_state, state["opt_state"]),
                  "step": state["step"], "rng": state["rng"]}
     out = {"loss": loss, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32),

@@ -79,9 +79,13 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
   """Pads each record's token field to `length`.
 
   supervised: `input_ids` right-padded as `tokens`, with `mask` (real tokens)
-  and `loss_mask` (target tokens), the keys `act_jax.losses` reads.
+  and `loss_mask` (target tokens), the keys `act_jax.losses` reads, and
+  `target_index` / `target_mask` [B, M]: the loss tokens' positions (M: a power of
+  two >= 8 holding the longest row's), so the loss projects only them to the vocabulary.
   generation: `prompt_ids` left-padded as `tokens` + `mask`, so generated tokens
   follow every prompt at the same position.
+  prefix: records that carry their frozen-prefix activations (`data.prefix_cache`)
+  give `prefix` [B, length, D], padded on the same side as the tokens.
   meta: also `meta`, the records' other non-array fields (labels, actions, ids) as
   lists of str, for rewards; a stage strips it before the batch goes on device.
   """
@@ -93,11 +97,32 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
   if mode == "supervised":
     batch["loss_mask"] = _pad([np.asarray(r["loss_mask"]) for r in records],
                               length, 0, left).astype(bool)
+    batch.update(target_positions(batch["loss_mask"] & batch["mask"]))
+  if "prefix" in records[0]:
+    h = [np.asarray(r["prefix"]) for r in records]
+    batch["prefix"] = np.zeros((len(h), length, h[0].shape[-1]), np.float32)
+    for i, x in enumerate(h):
+      if left:
+        batch["prefix"][i, length - len(x):] = x
+      else:
+        batch["prefix"][i, :len(x)] = x
   if meta:
     keys = [k for k, v in records[0].items()
             if not (isinstance(v, np.ndarray) and v.dtype != object)]
     batch["meta"] = {k: [_text(r[k]) for r in records] for k in keys}
   return batch
+
+
+def target_positions(loss_mask: np.ndarray, min_width: int = 8) -> dict[str, np.ndarray]:
+  """`target_index` [B, M] (positions of loss tokens after the first position, 0-padded)
+  and `target_mask` [B, M]; M is a power of two so few shapes are compiled."""
+  rows = [np.flatnonzero(m[1:]) + 1 for m in loss_mask]
+  width = max(min_width, 1 << max(max(len(r) for r in rows) - 1, 0).bit_length())
+  index = np.zeros((len(rows), width), np.int32)
+  valid = np.zeros((len(rows), width), bool)
+  for i, r in enumerate(rows):
+    index[i, :len(r)], valid[i, :len(r)] = r, True
+  return {"target_index": index, "target_mask": valid}
 
 
 class _ShuffledOrder:

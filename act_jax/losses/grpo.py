@@ -66,7 +66,8 @@ class GRPOConfig:
 
 
 def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completion: int,
-                        temperature: float = 1.0, with_entropy: bool = False
+                        temperature: float = 1.0, with_entropy: bool = False,
+                        prefix: jax.Array | None = None
                         ) -> tuple[jax.Array, jax.Array | None]:
   """Log-probs of the last `num_completion` tokens of each row, and their entropies.
 
@@ -75,11 +76,12 @@ def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completio
   gradient of a 3-D one well below matmul speed). log p = logit[target] - log sum
   exp, and the entropy reuses the same exponentials, so no [N, C, V] log-softmax or
   second softmax is built. Entropy is a metric: no gradient flows through it.
+  `prefix`: the frozen layers' output, for a model of the layers above them.
   """
   N, T = tokens.shape
   C = num_completion
   mask = mask.astype(bool)
-  h = model.hidden(tokens, positions_from_mask(mask), mask)
+  h = model.hidden(tokens, positions_from_mask(mask), mask, x=prefix)
   h = h[:, T - C - 1:T - 1]
   logits = model.logits(h.reshape(N * C, h.shape[-1])).reshape(N, C, -1)
   if temperature != 1.0:
@@ -105,7 +107,8 @@ def grpo_loss(model, batch: dict[str, jax.Array], cfg: GRPOConfig | None = None)
   cfg = cfg or GRPOConfig()
   C = batch["completion_mask"].shape[1]
   logp, entropy = completion_logprobs(model, batch["tokens"], batch["mask"], C,
-                                      cfg.temperature, with_entropy=True)
+                                      cfg.temperature, with_entropy=True,
+                                      prefix=batch.get("prefix"))
   total, denom, metrics = policy_objective(logp, batch, cfg)
   # Diagnostics cover every sampled token, filtered groups included.
   real = batch["mask"][:, -C:].astype(jnp.float32)

@@ -88,34 +88,59 @@ class Decoder(nnx.Module):
     head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
     return jnp.einsum("...d,dv->...v", h, head.astype(cfg.jnp_dtype)).astype(jnp.float32)
 
-  def hidden(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+  def hidden(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+             x: jax.Array | None = None) -> jax.Array:
     """Runs the layers and the final norm.
 
     Args:
       tokens: [B, T] int ids.
       positions: [B, T] RoPE positions (left padding: cumsum(mask) - 1).
       mask: [B, T] bool, which tokens are real; causality is by index.
+      x: [B, T, D] the residual stream entering this model's first layer instead of
+        the token embeddings: the output of frozen layers below it (`prefix`), when
+        this model holds only the layers above them (`act_jax.trainable`).
     Returns:
       final-normed hidden states [B, T, D].
     """
-    cfg = self.cfg
-    x = self.embed[...].astype(cfg.jnp_dtype)[tokens]
-    cos, sin = rope_tables(positions, cfg)
-    T = tokens.shape[1]
-    attn_mask = jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]  # [B,T,T]
-    layer_params = nnx.to_pure_dict(nnx.state(self.layers))
+    if x is None:
+      x = embed(self.cfg, self.embed[...], tokens)
+    x = run_layers(self.cfg, nnx.to_pure_dict(nnx.state(self.layers)), x, positions, mask)
+    return rms_norm(x, self.final_norm[...], self.cfg.rms_norm_eps)
 
-    def layer(x, p):
-      return _layer(cfg, x, p, cos, sin, attn_mask)
 
-    if cfg.remat:
-      layer = jax.checkpoint(layer)
-    if cfg.scan_layers:
-      x, _ = jax.lax.scan(lambda h, p: (layer(h, p), None), x, layer_params)
-    else:
-      for i in range(cfg.num_layers):
-        x = layer(x, jax.tree.map(lambda a: a[i], layer_params))
-    return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+def embed(cfg: ModelConfig, table: jax.Array, tokens: jax.Array) -> jax.Array:
+  return table.astype(cfg.jnp_dtype)[tokens]
+
+
+def prefix(cfg: ModelConfig, frozen: dict[str, Any], tokens: jax.Array, positions: jax.Array,
+           mask: jax.Array) -> jax.Array:
+  """The residual stream after the embeddings and the layers in `frozen["layers"]`
+  (a bottom slice of the stack): what the layers above it start from."""
+  return run_layers(cfg, frozen["layers"], embed(cfg, frozen["embed"], tokens), positions,
+                    mask)
+
+
+def run_layers(cfg: ModelConfig, layer_params: dict[str, Any], x: jax.Array,
+               positions: jax.Array, mask: jax.Array) -> jax.Array:
+  """Runs the stacked layers `layer_params` (however many it holds) on x [B, T, D]."""
+  n = jax.tree.leaves(layer_params)[0].shape[0]
+  if n == 0:
+    return x
+  cos, sin = rope_tables(positions, cfg)
+  T = x.shape[1]
+  attn_mask = jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]  # [B,T,T]
+
+  def layer(x, p):
+    return _layer(cfg, x, p, cos, sin, attn_mask)
+
+  if cfg.remat:
+    layer = jax.checkpoint(layer)
+  if cfg.scan_layers:
+    x, _ = jax.lax.scan(lambda h, p: (layer(h, p), None), x, layer_params)
+  else:
+    for i in range(n):
+      x = layer(x, jax.tree.map(lambda a: a[i], layer_params))
+  return x
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
