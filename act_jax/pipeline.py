@@ -9,6 +9,9 @@
   s<seed>/act   ACT critic GRPO from base                 (variants act, *_w_act)
   s<seed>/il    imitation from base / from act            (il, il_w_act)
   s<seed>/rl    GRPO on next-action generation, base/act  (rl, rl_w_act)
+  s<seed>/act_shuffled, s<seed>/act_blind
+                the critic stage on control pairs (random labels; states from other
+                episodes: `act_jax.data.controls`), then IL (act_shuffled, act_blind)
   s<seed>/eval  episode success (ID, OOD), next-action and judgment accuracy
   results       DIR/results.{json,md}, plots, HF export of each variant
 
@@ -28,16 +31,19 @@ import numpy as np
 
 from act_jax import config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
-from act_jax.data import builders, prefix_cache, steps as data_steps
+from act_jax.data import builders, controls, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.splits import make_pool
 from act_jax.sampling import Sampler
 from act_jax.trainable import Trainable
 
-VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act")
+VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act", "act_shuffled", "act_blind")
 # Each variant is a chain of training stages run from the base model.
 CHAINS = {"prompt": (), "il": ("il",), "rl": ("rl",), "act": ("act",),
-          "il_w_act": ("act", "il"), "rl_w_act": ("act", "rl")}
+          "il_w_act": ("act", "il"), "rl_w_act": ("act", "rl"),
+          "act_shuffled": ("act_shuffled", "il"), "act_blind": ("act_blind", "il")}
+# The control critic stages run the act stage's section on transformed pairs.
+SECTION = {"act_shuffled": "act", "act_blind": "act"}
 
 
 # --- configuration --------------------------------------------------------------------
@@ -50,6 +56,7 @@ def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_coll
     raise ValueError("config.grpo: a pipeline config sets GRPO per stage, in "
                      "config.stages.act.grpo and config.stages.rl.grpo")
   s = copy.deepcopy(c)
+  stage = SECTION.get(stage, stage)
   sc = c.stages[stage]
   s.seed = seed
   given = lambda keys: {k: sc[k] for k in keys if sc.get(k) is not None}  # None keeps theirs
@@ -72,12 +79,14 @@ def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> di
   evaluation (`eval`), the other stages' sections, and the other GRPO stage's reward.
   """
   d = stage_config(c, stage, seed).to_dict()
-  d["stages"] = d["stages"][stage]
+  d["stages"] = d["stages"][SECTION.get(stage, stage)]
+  if stage in SECTION:
+    d["control"] = stage
   d.pop("eval", None)
   for k in ("variants", "seeds", "export"):
     d["pipeline"].pop(k, None)
   for section, reader in (("reward", "act"), ("action_reward", "rl")):
-    if stage != reader:
+    if SECTION.get(stage, stage) != reader:
       d.pop(section, None)
   return d
 
@@ -235,17 +244,21 @@ class Pipeline:
 
   def train_stage(self, stage: str, seed: int, init_dir: str, out: str) -> str:
     sc = stage_config(self.full_config, stage, seed)
+    section = SECTION.get(stage, stage)
     init = self.params_of(init_dir)
     train = builders.load_source(self.path("datasets", "train"),
-                                 "critic_pairs" if stage == "act" else "imitation_pairs")
+                                 "critic_pairs" if section == "act" else "imitation_pairs")
+    if stage in controls.CONTROLS:  # seeded by the dataset seed: one cache for all seeds
+      train = controls.CONTROLS[stage]([train[i] for i in range(len(train))], self.c.seed,
+                                       self.tok, data_steps.prompt_config(self.c))
     # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
     held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
-            if stage == "act" else None)
+            if section == "act" else None)
     trainable = Trainable.parse(sc.train.trainable, self.ctx.model_cfg.num_layers)
-    if trainable.frozen_prefix and stage == "il":  # a fixed input: its prefix is cached
+    if trainable.frozen_prefix and section == "il":  # a fixed input: its prefix is cached
       train = prefix_cache.attach(train, "input_ids", trainable.split(init)[1],
                                   self.ctx.model_cfg, self.path("prefix_cache"))
-    s = stages.make(stage, sc, train_source=train, eval_source=held, reference=init,
+    s = stages.make(section, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
                     pad_id=self._pad())
     loop.run(sc, out, s, init_params=init, ctx=self.ctx)

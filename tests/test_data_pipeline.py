@@ -103,7 +103,10 @@ def test_supervised_batches_are_right_padded_into_buckets():
                              shard_count=1, bucket_lengths=buckets, meta=True)
   widths = set()
   for b in _take(it, 20):
-    assert set(b) == {"tokens", "mask", "loss_mask", "meta"}
+    assert set(b) == {"tokens", "mask", "loss_mask", "target_index", "target_mask", "meta"}
+    for row, idx, valid, lm in zip(b["tokens"], b["target_index"], b["target_mask"],
+                                   b["loss_mask"]):  # the loss tokens, in order
+      assert row[idx[valid]].tolist() == row[1:][lm[1:]].tolist()
     width = b["tokens"].shape[1]
     widths.add(width)
     lengths = [len(by_id[i]["input_ids"]) for i in b["meta"]["state_id"]]
