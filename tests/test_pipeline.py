@@ -35,10 +35,10 @@ def micro_config():
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-  from act_jax.pipeline import Pipeline, VARIANTS
+  from act_jax.pipeline import Pipeline, variants
   workdir = str(tmp_path_factory.mktemp("pipeline"))
   Pipeline(micro_config(), workdir).run()
-  return workdir, VARIANTS
+  return workdir, variants(micro_config())
 
 
 def _step_ids(workdir):
