@@ -28,7 +28,7 @@ import numpy as np
 
 from act_jax import config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
-from act_jax.data import builders, steps as data_steps
+from act_jax.data import builders, examples, steps as data_steps
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.splits import make_pool
 from act_jax.sampling import Sampler
@@ -240,9 +240,11 @@ class Pipeline:
     # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
     held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
             if stage == "act" else None)
+    answers = (examples.answer_ids(self.tok, data_steps.prompt_config(self.c))
+               if stage == "act" else None)
     s = stages.make(stage, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
-                    pad_id=self._pad())
+                    pad_id=self._pad(), answers=answers)
     loop.run(sc, out, s, init_params=init, ctx=self.ctx)
     return f"{stage} seed {seed}"
 
