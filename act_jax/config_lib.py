@@ -159,7 +159,16 @@ class GRPOSection(Section):
   """A GRPO stage's settings (`config.grpo`; in a pipeline `config.stages.<name>.grpo`).
 
   [I] = our inference: the ACT paper states none of these.
+
+  estimator: "grpo" samples G completions per prompt (the paper's method, for critics
+  that reason); "expected" (critic stage only) takes the exact expected reward over the
+  answer strings of a critic that answers without reasoning (`losses.expected`). It
+  samples nothing in training, so group_size, clipping, aggregation, advantage and
+  filter_zero_variance do not apply to it, nor does the reasoning budget
+  max_new_tokens (it still bounds the greedy evaluation); temperature does (the
+  distribution whose expectation it is).
   """
+  estimator: str = "grpo"
   group_size: int = 8  # G completions per prompt [I: the usual GRPO choice].
   # mu: on-policy, one update per generation batch [I]. The optimiser schedule
   # (optim.warmup_steps, the decay's length) counts these updates, mu per step.
@@ -184,6 +193,7 @@ class GRPOSection(Section):
   def rules(self) -> Iterator[tuple[str, bool, str]]:
     untruncated = ("GRPO needs untruncated sampling; the loss's ratio uses log-probs of the "
                    "full softmax, not of the truncated distribution completions come from")
+    yield "estimator", self.estimator in ESTIMATORS, f"one of {ESTIMATORS}"
     yield "group_size", self.group_size >= 2, ">= 2: advantages compare a prompt's samples"
     yield "updates_per_batch", self.updates_per_batch >= 1, ">= 1"
     yield "max_new_tokens", self.max_new_tokens >= 1, ">= 1"
@@ -193,6 +203,8 @@ class GRPOSection(Section):
     yield "eps_low", 0 <= self.eps_low < 1, "in [0, 1)"
     yield "eps_high", self.eps_high >= 0, ">= 0"
     yield "beta", self.beta >= 0, ">= 0"
+    yield "beta", self.estimator != "expected" or self.beta == 0, (
+        "0 with estimator='expected': it has no samples to estimate the KL on")
     yield "kl_estimator", self.kl_estimator in grpo_loss.KL_ESTIMATORS, (
         f"one of {grpo_loss.KL_ESTIMATORS}")
     yield "aggregation", self.aggregation in grpo_loss.AGGREGATIONS, (
@@ -202,6 +214,16 @@ class GRPOSection(Section):
     yield "eval_batch_size", self.eval_batch_size >= 1, ">= 1"
     yield "eos_ids", self.eos_ids != (), "None (the model's) or at least one token id"
     yield "pad_id", self.pad_id is None or self.pad_id >= 0, "None (the model's) or >= 0"
+
+
+ESTIMATORS = ("grpo", "expected")  # GRPOSection.estimator
+
+
+def check_estimator(g: GRPOSection, critic: bool, where: str) -> None:
+  """Refuses `expected` off the critic stage: only the judgment has answers to enumerate."""
+  if g.estimator == "expected" and not critic:
+    raise ValueError(f"{where}.estimator='expected': only the critic stage (act) can take "
+                     "the expectation over its answer strings; use 'grpo'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +256,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if "grpo" in c:
     GRPOSection.from_config(c.grpo, "config.grpo")
   for name, section in c.get("stages", {}).items():
-    StageSection.from_config(section, f"config.stages.{name}")
+    s = StageSection.from_config(section, f"config.stages.{name}")
+    if s.grpo is not None:
+      check_estimator(s.grpo, name == "act", f"config.stages.{name}.grpo")
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:

@@ -168,9 +168,7 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   the margin averaged over both orders (a tie counts half), which cancels a letter bias.
   Intervals: bootstrap over episodes (pairs of one episode share its states).
   """
-  eos = examples.eos_id(tokenizer, prompt_cfg)
-  answers = {l: tokenizer(prompts_lib.answer_text(l, prompt_cfg), add_special_tokens=False)
-             ["input_ids"] + [eos] for l in prompt_cfg.letters}
+  answers = examples.answer_ids(tokenizer, prompt_cfg)
   other = dict(zip(prompt_cfg.letters, prompt_cfg.letters[::-1]))
   # Two orders per pair: as stored, and with the candidates swapped (label swapped too).
   rows: list[tuple[list[int], str]] = []

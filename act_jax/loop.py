@@ -280,8 +280,9 @@ def _throughput(batch: dict[str, np.ndarray], model_cfg: models.ModelConfig, sec
   n = shard_count  # distinct process batch blocks (hosts sharing rows count once)
   if "mask" in batch:
     out["tokens_per_s"] = float(np.sum(batch["mask"])) * n / seconds
-  if "tokens" in batch and np.ndim(batch["tokens"]) == 2:
-    rows, length = np.shape(batch["tokens"])
+  if "tokens" in batch and np.ndim(batch["tokens"]) >= 2:  # [rows, T] or [P, S, T]
+    *lead, length = np.shape(batch["tokens"])
+    rows = int(np.prod(lead))
     step_flops = flops.flops_per_token(model_cfg, length) * rows * length * n
     out["model_tflops_per_s"] = step_flops / seconds / 1e12
     u = flops.mfu(step_flops, seconds, peak_tflops, jax.device_count())

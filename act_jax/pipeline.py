@@ -31,7 +31,7 @@ import numpy as np
 
 from act_jax import config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
-from act_jax.data import builders, controls, prefix_cache, steps as data_steps
+from act_jax.data import builders, controls, examples, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.splits import make_pool
 from act_jax.sampling import Sampler
@@ -254,13 +254,20 @@ class Pipeline:
     # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
     held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
             if section == "act" else None)
+    answers = (examples.answer_ids(self.tok, data_steps.prompt_config(self.c))
+               if section == "act" else None)
     trainable = Trainable.parse(sc.train.trainable, self.ctx.model_cfg.num_layers)
-    if trainable.frozen_prefix and section == "il":  # a fixed input: its prefix is cached
-      train = prefix_cache.attach(train, "input_ids", trainable.split(init)[1],
-                                  self.ctx.model_cfg, self.path("prefix_cache"))
+    # A fixed input's frozen prefix is computed once: imitation examples, and the
+    # expected critic's (prompt, answer) rows.
+    if trainable.frozen_prefix and (section == "il" or sc.grpo.get("estimator") == "expected"):
+      train = prefix_cache.attach(
+          train, "input_ids" if section == "il" else "prompt_ids", trainable.split(init)[1],
+          self.ctx.model_cfg, self.path("prefix_cache"),
+          suffixes=[answers[l] for l in data_steps.prompt_config(self.c).letters]
+          if section == "act" else None)
     s = stages.make(section, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
-                    pad_id=self._pad())
+                    pad_id=self._pad(), answers=answers)
     loop.run(sc, out, s, init_params=init, ctx=self.ctx)
     return f"{stage} seed {seed}"
 

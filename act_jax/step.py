@@ -81,9 +81,11 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
   def micro_loss(train, frozen, mb):
     model = nnx.merge(gdef, trainable.top_model(train, frozen))
     if trainable.frozen_prefix and "prefix" not in mb:
-      mask = mb["mask"].astype(bool)
-      x = decoder.prefix(model.cfg, frozen, mb["tokens"], positions_from_mask(mask), mask)
-      mb = {**mb, "prefix": jax.lax.stop_gradient(x)}
+      shape = mb["tokens"].shape  # [B, T] or grouped [B, S, T] (losses.expected)
+      tokens = mb["tokens"].reshape(-1, shape[-1])
+      mask = mb["mask"].reshape(-1, shape[-1]).astype(bool)
+      x = decoder.prefix(model.cfg, frozen, tokens, positions_from_mask(mask), mask)
+      mb = {**mb, "prefix": jax.lax.stop_gradient(x.reshape(*shape, -1))}
     total, denom, metrics = loss_fn(model, mb, loss_cfg)
     return total, (denom, metrics)
 

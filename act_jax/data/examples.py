@@ -33,6 +33,14 @@ def eos_id(tokenizer: Any, cfg: prompts.PromptConfig) -> int:
   return int(token_id)
 
 
+def answer_ids(tokenizer: Any, cfg: prompts.PromptConfig) -> dict[str, list[int]]:
+  """Each letter's answer string ("Answer: A" + EOS) as token ids: what forced-choice
+  evaluation scores and the critic's `expected` estimator enumerates."""
+  eos = eos_id(tokenizer, cfg)
+  return {l: tokenizer(prompts.answer_text(l, cfg), add_special_tokens=False)["input_ids"]
+          + [eos] for l in cfg.letters}
+
+
 def _encode(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:
   ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
   return [np.asarray(x, dtype=np.int32) for x in ids]

@@ -85,7 +85,7 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
   generation: `prompt_ids` left-padded as `tokens` + `mask`, so generated tokens
   follow every prompt at the same position.
   prefix: records that carry their frozen-prefix activations (`data.prefix_cache`)
-  give `prefix` [B, length, D], padded on the same side as the tokens.
+  give `prefix` [B, ..., length (+ C), D], padded on the same side as the tokens.
   meta: also `meta`, the records' other non-array fields (labels, actions, ids) as
   lists of str, for rewards; a stage strips it before the batch goes on device.
   """
@@ -99,18 +99,28 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
                               length, 0, left).astype(bool)
     batch.update(target_positions(batch["loss_mask"] & batch["mask"]))
   if "prefix" in records[0]:
-    h = [np.asarray(r["prefix"]) for r in records]
-    batch["prefix"] = np.zeros((len(h), length, h[0].shape[-1]), np.float32)
-    for i, x in enumerate(h):
-      if left:
-        batch["prefix"][i, length - len(x):] = x
-      else:
-        batch["prefix"][i, :len(x)] = x
+    batch["prefix"] = _pad_prefix([np.asarray(r["prefix"]) for r in records], ids, length,
+                                  left)
   if meta:
     keys = [k for k, v in records[0].items()
             if not (isinstance(v, np.ndarray) and v.dtype != object)]
     batch["meta"] = {k: [_text(r[k]) for r in records] for k in keys}
   return batch
+
+
+def _pad_prefix(h: Sequence[np.ndarray], ids: Sequence[np.ndarray], length: int,
+                left: bool) -> np.ndarray:
+  """Prefix activations [..., n_i (+ C), D] padded like their tokens to `length`; a tail
+  of C positions beyond the tokens (a critic record's answer slots) stays at the end."""
+  extra = h[0].shape[-2] - len(ids[0])
+  out = np.zeros((len(h),) + h[0].shape[:-2] + (length + extra, h[0].shape[-1]), np.float32)
+  for i, x in enumerate(h):
+    n = x.shape[-2]
+    if left:
+      out[i, ..., length + extra - n:, :] = x
+    else:
+      out[i, ..., :n, :] = x
+  return out
 
 
 def target_positions(loss_mask: np.ndarray, min_width: int = 8) -> dict[str, np.ndarray]:

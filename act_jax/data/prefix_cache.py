@@ -50,17 +50,31 @@ def records_digest(token_rows: Sequence[np.ndarray]) -> str:
 
 
 class CachedSource:
-  """`source`'s records with their cached `prefix` [tokens, D] added."""
+  """`source`'s records with their cached `prefix` added: [tokens, D], or with S
+  suffixes [S, tokens + C, D] (row j: the record's tokens, then suffix j, zero-padded
+  to the longest suffix's C)."""
 
-  def __init__(self, source: Any, hidden: np.ndarray, offsets: np.ndarray, path: str):
+  def __init__(self, source: Any, hidden: np.ndarray, offsets: np.ndarray, path: str,
+               suffixes: Sequence[Sequence[int]] | None = None):
     self.source, self.hidden, self.offsets, self.path = source, hidden, offsets, path
+    self.suffixes = suffixes
 
   def __len__(self) -> int:
     return len(self.source)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     rec = dict(self.source[i])
-    rec["prefix"] = np.asarray(self.hidden[self.offsets[i]:self.offsets[i + 1]])
+    row = lambda k: np.asarray(self.hidden[self.offsets[k]:self.offsets[k + 1]])
+    if self.suffixes is None:
+      rec["prefix"] = row(i)
+      return rec
+    S, C = len(self.suffixes), max(len(x) for x in self.suffixes)
+    rows = [row(i * S + j) for j in range(S)]
+    n = len(rows[0]) - len(self.suffixes[0])  # the record's own tokens
+    out = np.zeros((S, n + C, self.hidden.shape[1]), np.float32)
+    for j, r in enumerate(rows):
+      out[j, :len(r)] = r
+    rec["prefix"] = out
     return rec
 
   def __getitems__(self, idx: Sequence[int]) -> list[dict[str, Any]]:
@@ -68,13 +82,18 @@ class CachedSource:
 
 
 def attach(source: Any, field: str, frozen: Params, cfg: ModelConfig, cache_dir: str,
-           batch_size: int = 16, log: bool = True) -> CachedSource:
-  """`source` with each record's frozen-prefix output for its `field` tokens.
+           suffixes: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
+           log: bool = True) -> CachedSource:
+  """`source` with each record's frozen-prefix output for its `field` tokens, or for its
+  tokens followed by each of `suffixes` (the critic's answer strings).
 
   `frozen`: the embeddings and the bottom layers (`Trainable.split(params)[1]`).
   Computes and stores the cache under `cache_dir` unless it is there already.
   """
-  rows = [np.asarray(source[i][field], np.int32) for i in range(len(source))]
+  tails = [np.asarray(x, np.int32) for x in suffixes] if suffixes is not None else [
+      np.zeros(0, np.int32)]
+  rows = [np.concatenate([np.asarray(source[i][field], np.int32), t])
+          for i in range(len(source)) for t in tails]
   depth = jax.tree.leaves(frozen["layers"])[0].shape[0]
   key = hashlib.sha1(f"{weights_digest(frozen)}/{depth}/{records_digest(rows)}/"
                      f"{cfg.dtype}".encode()).hexdigest()[:20]
@@ -91,7 +110,8 @@ def attach(source: Any, field: str, frozen: Params, cfg: ModelConfig, cache_dir:
   if hidden.shape[0] != offsets[-1]:
     raise ValueError(f"{path}: holds {hidden.shape[0]} token rows, the records have "
                      f"{offsets[-1]}; delete the directory to rebuild it")
-  return CachedSource(source, hidden, offsets, path)
+  return CachedSource(source, hidden, offsets, path,
+                      None if suffixes is None else [list(t) for t in tails])
 
 
 def _build(rows: list[np.ndarray], offsets: np.ndarray, frozen: Params, cfg: ModelConfig,

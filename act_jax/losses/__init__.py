@@ -20,3 +20,4 @@ register, get = LOSSES.register, LOSSES.get
 
 from act_jax.losses import supervised  # noqa: E402,F401  (registers its losses)
 from act_jax.losses import grpo  # noqa: E402,F401
+from act_jax.losses import expected  # noqa: E402,F401

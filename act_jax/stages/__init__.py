@@ -12,7 +12,7 @@ Stages differ only in their data, reward and loss entries; `act_jax.loop` runs t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -26,13 +26,16 @@ class Inputs:
 
   train_source / eval_source: random-access records (`act_jax.data`); detokenize:
   completion ids -> text (GRPO rewards read text); reference: the frozen KL reference
-  (params, or `ctx -> params`); pad_id: the padding id of supervised batches.
+  (params, or `ctx -> params`); pad_id: the padding id of supervised batches; answers:
+  the critic's answer strings as token ids by letter, EOS included (its `expected`
+  estimator enumerates them).
   """
   train_source: Any = None
   eval_source: Any = None
   detokenize: Callable[[Any], str] | None = None
   reference: Any = None
   pad_id: int = 0
+  answers: Mapping[str, Sequence[int]] | None = None
 
 
 Constructor = Callable[[ml_collections.ConfigDict, Inputs], loop.Stage]

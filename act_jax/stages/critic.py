@@ -12,11 +12,12 @@ config is `config_lib.critic()`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import ml_collections
+import numpy as np
 
-from act_jax import rewards
+from act_jax import loop, rewards
 from act_jax.stages import Inputs, grpo, register
 
 
@@ -26,20 +27,94 @@ def make_reward(c: ml_collections.ConfigDict) -> rewards.RewardFn:
   return rewards.make(fields.pop("name"), **fields)
 
 
+def reward_config(c: ml_collections.ConfigDict) -> Any:
+  """The settings dataclass of the config's reward (`rewards.make_config`)."""
+  fields = c.reward.to_dict()
+  return rewards.make_config(fields.pop("name"), **fields)
+
+
+def expected_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, labels: Sequence[str],
+                   answers: Sequence[Sequence[int]], letters: Sequence[str],
+                   judgment: rewards.JudgmentConfig, pad_id: int) -> dict[str, np.ndarray]:
+  """The `expected_judgment` loss's batch: every prompt with every answer string.
+
+  `answers[j]` is letter j's token ids; rows are laid out by `grpo.completion_rows`
+  (prompt i, answer j at row i*S + j), then grouped [P, S, ...] by prompt.
+  """
+  P, S = len(prompt_tokens), len(answers)
+  C = max(len(a) for a in answers)
+  table = np.full((S, C), pad_id, np.int32)
+  for j, ids in enumerate(answers):
+    table[j, :len(ids)] = ids
+  lengths = np.asarray([len(a) for a in answers])
+  tokens, mask, real = grpo.completion_rows(prompt_tokens, prompt_mask, np.tile(table, (P, 1)),
+                                            np.tile(lengths, P))
+  correct = np.asarray([[label == letter for letter in letters] for label in labels])
+  return {"tokens": tokens.reshape(P, S, -1), "mask": mask.reshape(P, S, -1),
+          "completion_mask": real.reshape(P, S, C), "answer_correct": correct,
+          "answer_reward": np.where(correct, judgment.correct, judgment.wrong).astype(np.float32),
+          "malformed_reward": np.full(P, judgment.malformed, np.float32)}
+
+
 class CriticStage(grpo.GRPOStage):
-  """GRPO with the pairwise-judgment reward; `evaluate` reports held-out accuracy."""
+  """GRPO with the pairwise-judgment reward; `evaluate` reports held-out accuracy.
+
+  With `config.grpo.estimator="expected"` training samples nothing: `prepare` pairs
+  each prompt with every answer string (`answers`: letter -> token ids, EOS included)
+  and the `expected_judgment` loss takes the exact expected reward (`losses.expected`).
+  """
   name = "act_critic"
+  critic = True
 
   def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
                detokenize: grpo.Detokenize, eval_source: Any = None,
                reward: rewards.RewardFn | None = None,
-               reference: grpo.Params | grpo.Reference | None = None):
+               reference: grpo.Params | grpo.Reference | None = None,
+               answers: Mapping[str, Sequence[int]] | None = None):
     super().__init__(config, train_source=train_source, detokenize=detokenize,
                      reward=reward or make_reward(config), eval_source=eval_source,
                      reference=reference)
+    if self.g.estimator == "expected":
+      self.loss = "expected_judgment"
+      self.judgment = reward_config(config)
+      self.answers = self._check_answers(answers)
+
+  def _check_answers(self, answers: Mapping[str, Sequence[int]] | None) -> list[list[int]]:
+    """The answer ids in the reward's letter order, refused unless each one's text earns
+    its letter's reward, so the expectation is over what sampling would be paid for."""
+    where = "config.grpo.estimator='expected'"
+    if not isinstance(self.judgment, rewards.JudgmentConfig):
+      raise ValueError(f"{where} needs the judgment reward, not "
+                       f"config.reward.name={self.config.reward.name!r}")
+    letters = self.judgment.letters
+    if answers is None or sorted(answers) != sorted(letters):
+      got = None if answers is None else sorted(answers)
+      raise ValueError(f"{where} needs the token ids of the answer to each of {letters} "
+                       f"(stages.Inputs.answers), got {got}")
+    ids = [list(answers[l]) for l in letters]
+    texts = [self.detokenize(a) for a in ids]
+    if not self.reward(texts, {self.judgment.label_key: list(letters)}).correct.all():
+      raise ValueError(f"{where}: the answer strings {texts} do not all parse as their "
+                       f"letters {letters} under config.reward")
+    return ids
+
+  def prepare(self, ctx: loop.Context, state: dict[str, Any], batch: dict[str, Any]
+              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    if self.g.estimator != "expected":
+      return super().prepare(ctx, state, batch)
+    j = self.judgment
+    out = expected_batch(batch["tokens"], batch["mask"], batch["meta"][j.label_key],
+                         self.answers, j.letters, j, self._pad_id(ctx))
+    if "prefix" in batch:  # cached for every (prompt, answer) row: data.prefix_cache
+      if batch["prefix"].shape[:3] != out["tokens"].shape:
+        raise ValueError(f"{self.name}: cached prefix {batch['prefix'].shape[:3]} does not "
+                         f"match the (prompt, answer) rows {out['tokens'].shape}")
+      out["prefix"] = batch["prefix"]
+    return out, {}
 
 
 @register("act", "critic")
 def make_critic(config: ml_collections.ConfigDict, inputs: Inputs) -> CriticStage:
   return CriticStage(config, train_source=inputs.train_source, detokenize=inputs.detokenize,
-                     eval_source=inputs.eval_source, reference=inputs.reference)
+                     eval_source=inputs.eval_source, reference=inputs.reference,
+                     answers=inputs.answers)

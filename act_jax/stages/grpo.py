@@ -103,19 +103,30 @@ def build_loss_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
                      ) -> dict[str, np.ndarray]:
   """The `grpo` loss's inputs at fixed shapes [N, P + C] / [N, C] / [N].
 
-  Each prompt (left-padded) is repeated for its n samples and followed by its
-  completion (right-padded), so token positions match what the sampler saw. Rows
-  with keep=False (filtered groups) keep their tokens but no loss weight.
+  Rows as `completion_rows` lays them out; rows with keep=False (filtered groups)
+  keep their tokens but no loss weight.
   """
-  n = comp.tokens.shape[0] // prompt_tokens.shape[0]
-  C = comp.tokens.shape[1]
-  real = np.arange(C)[None, :] < comp.lengths[:, None]
-  tokens = np.concatenate([np.repeat(prompt_tokens, n, axis=0), comp.tokens], axis=1)
-  mask = np.concatenate([np.repeat(prompt_mask.astype(bool), n, axis=0), real], axis=1)
-  return {"tokens": tokens.astype(np.int32), "mask": mask,
+  tokens, mask, real = completion_rows(prompt_tokens, prompt_mask, comp.tokens, comp.lengths)
+  return {"tokens": tokens, "mask": mask,
           "completion_mask": real & np.asarray(keep, bool)[:, None],
           "old_logps": np.where(real, comp.logprobs, 0.0).astype(np.float32),
           "advantages": np.asarray(advantages, np.float32)}
+
+
+def completion_rows(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                    completions: np.ndarray, lengths: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """[N, P + C] tokens and mask, [N, C] real completion tokens, for N = n x prompts.
+
+  Each prompt (left-padded) is repeated for its n completions (rows i*n .. i*n+n-1)
+  and followed by its completion (right-padded), so token positions match what the
+  sampler saw.
+  """
+  n = completions.shape[0] // prompt_tokens.shape[0]
+  real = np.arange(completions.shape[1])[None, :] < np.asarray(lengths)[:, None]
+  tokens = np.concatenate([np.repeat(prompt_tokens, n, axis=0), completions], axis=1)
+  mask = np.concatenate([np.repeat(prompt_mask.astype(bool), n, axis=0), real], axis=1)
+  return tokens.astype(np.int32), mask, real
 
 
 def group_advantages(rewards: np.ndarray, group_size: int, estimator: str,
@@ -148,6 +159,7 @@ class GRPOStage(loop.Stage):
   """
   name = "grpo"
   loss = "grpo"
+  critic = False  # whether `config.grpo.estimator` may be "expected"
 
   def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
                reward: rewards_lib.RewardFn, detokenize: Detokenize,
@@ -155,6 +167,7 @@ class GRPOStage(loop.Stage):
                name: str | None = None):
     self.config = config
     self.g = config_lib.GRPOSection.from_config(config.grpo, "config.grpo")
+    config_lib.check_estimator(self.g, self.critic, "config.grpo")
     self.name = name or self.name
     self.loss_cfg = loss_config(self.g)
     self.updates_per_batch = self.g.updates_per_batch

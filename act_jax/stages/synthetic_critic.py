@@ -82,6 +82,7 @@ def inputs(config: ml_collections.ConfigDict) -> dict[str, Any]:
       raise ValueError(f"config.model.{field}={getattr(model, field)!r}: the synthetic "
                        f"critic task with data.num_objects={d.num_objects} needs {want}")
   return dict(detokenize=detokenizer(d.num_objects),
+              answers={l: [_ID["Answer:"], _ID[l], EOS] for l in ("A", "B")},
               train_source=records(d.num_objects, d.train_records, config.seed, heldout=False),
               eval_source=records(d.num_objects, d.eval_records, config.seed + 1, heldout=True))
 
