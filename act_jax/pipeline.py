@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from act_jax import config_lib, evaluation, loop, metrics, params as params_lib
+from act_jax import cached_eval, config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
 from act_jax.data import builders, controls, examples, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
@@ -281,9 +281,14 @@ class Pipeline:
 
   def evaluate(self, model_dir: str, out: str) -> dict[str, Any]:
     params = self.params_of(model_dir)
-    report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
-                                 self.path("trajectories"), self.path("datasets"),
-                                 int(self._judgment_budget()))
+    if self.c.eval.get("cached"):
+      report = cached_eval.evaluate(self.c, params, self.tok, self.ctx.gdef,
+                                    self.ctx.model_cfg, self.path("datasets"),
+                                    self.path("prefix_cache"))
+    else:
+      report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
+                                   self.path("trajectories"), self.path("datasets"),
+                                   int(self._judgment_budget()))
     with open(os.path.join(out, "eval.json"), "w") as f:
       json.dump(report, f, indent=2)
     return report["splits"]
