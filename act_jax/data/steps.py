@@ -80,7 +80,11 @@ def make_datasets(c: ml_collections.ConfigDict, out: str, traj_dir: str, tok_dir
   """Critic pairs and imitation examples of every split, one directory each."""
   tok = load_tokenizer(tok_dir)
   pcfg = prompt_config(c)
-  alt = alt_lib.AlternativesConfig(source=c.data.alternatives, k=c.data.k, seed=c.seed)
+  alt = alt_lib.AlternativesConfig(
+      source=c.data.alternatives, k=c.data.k, seed=c.seed,
+      # policy samples: keep only valid actions, so a malformed one is not spotted by form
+      require_admissible=c.data.get("require_admissible", False),
+      temperature=c.data.get("temperature", 1.0))
   # Alternatives from the *initial* policy (the paper's setting) need the model.
   sample_fn = (build_lib.policy_sample_fn(c.pipeline.model_dir)
                if c.data.alternatives == "policy" else None)
