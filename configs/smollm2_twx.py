@@ -32,13 +32,13 @@ def get_config(arg: str = "gpu"):
       seeds=3, model_dir="models/smollm2-135m-instruct", trajectories="", export=not cpu))
   c.env = ml_collections.ConfigDict(dict(
       name="twx", games=["simonsays", "peckingorder"] if cpu else ["cookingworld", "twc", "coin"],
-      train_params={}, train_per_game=60 if cpu else 300, heldout_per_game=20 if cpu else 50,
+      train_params={}, train_per_game=36 if cpu else 300, heldout_per_game=15 if cpu else 50,
       max_steps=30, pool_size=2 if cpu else 4,
       env_kwargs=dict(observe_look_inventory=not cpu)))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=0))  # the model's own
   c.data = ml_collections.ConfigDict(dict(
       alternatives="admissible" if cpu else "policy", k=1 if cpu else 4,
-      require_admissible=True, temperature=1.0, max_state_tokens=256 if cpu else 768))
+      require_admissible=True, temperature=1.0, max_state_tokens=160 if cpu else 768))
   c.prompts = ml_collections.ConfigDict(dict(use_chat_template=True))
   c.model.update(dict(param_dtype="float32", dtype="float32" if cpu else "bfloat16",
                       scan_layers=True, remat=not cpu))
@@ -46,10 +46,10 @@ def get_config(arg: str = "gpu"):
   c.reward = config_lib.judgment_reward()
   c.action_reward = config_lib.action_reward()
   top = "top:4" if cpu else "all"
-  if cpu:  # ~600 states and pairs, one epoch per stage at batch 16
+  if cpu:  # ~500 states and pairs, about one epoch per stage at batch 16
     critic = config_lib.grpo(estimator="expected", beta=0.0, group_size=2, max_new_tokens=8)
     rl = config_lib.grpo(group_size=4, max_new_tokens=16, beta=0.0)
-    steps, batch, lr = 38, 16, 3e-4
+    steps, batch, lr = 31, 16, 3e-4
   else:
     critic = config_lib.grpo(group_size=8, max_new_tokens=512, beta=1e-3)
     rl = config_lib.grpo(group_size=8, max_new_tokens=512, beta=1e-3)
@@ -63,7 +63,7 @@ def get_config(arg: str = "gpu"):
       rl=dict(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top, grpo=rl)))
   c.eval = ml_collections.ConfigDict(dict(
       modes=["generate", "rank"], episodes_per_game=0 if cpu else 50,
-      heldout_states=200 if cpu else 1000, critic_pairs=100 if cpu else 500,
+      heldout_states=150 if cpu else 1000, critic_pairs=60 if cpu else 500,
       cached=top if cpu else None))
   c.checkpoint.async_save = False
   return c
