@@ -86,7 +86,7 @@ def _batches(source: Any, mode: str, pad_id: int = 0):
     recs = [source[j] for j in range(i, min(i + BATCH, len(source)))]
     field = "input_ids" if mode == "supervised" else "prompt_ids"
     length = -(-max(len(r[field]) for r in recs) // 32) * 32
-    yield recs, data_pipeline.collate(recs, length, pad_id, mode, meta=mode != "supervised")
+    yield data_pipeline.collate(recs, length, pad_id, mode, meta=mode != "supervised")
 
 
 def next_action(gdef: nnx.GraphDef, top: Any, source: Any,
@@ -108,7 +108,7 @@ def next_action(gdef: nnx.GraphDef, top: Any, source: Any,
     return jnp.all(hit, axis=-1), -jnp.sum(logp * b["target_mask"], axis=-1)
 
   exact, nll, tokens = [], [], []
-  for _, b in _batches(source, "supervised"):
+  for b in _batches(source, "supervised"):
     keys = ("tokens", "mask", "target_index", "target_mask", "prefix")
     e, n = jax.device_get(score(top, {k: b[k] for k in keys}))
     exact.extend(e.tolist())
@@ -148,13 +148,15 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
                                             prefix=prefix)
     return jnp.sum(logp * real, axis=-1)
 
+  if not pairs:
+    return {"judgment_forced_accuracy": 0.0, "judgment_pairs": 0}
+  table = np.zeros((len(suffixes), C), np.int32)
+  real = np.zeros((len(suffixes), C), bool)
+  for j, s in enumerate(suffixes):
+    table[j, :len(s)], real[j, :len(s)] = s, True
   lp = []
-  for _, b in _batches(source, "generation"):
+  for b in _batches(source, "generation"):
     P = len(b["tokens"])
-    table = np.zeros((len(suffixes), C), np.int32)
-    real = np.zeros((len(suffixes), C), bool)
-    for j, s in enumerate(suffixes):
-      table[j, :len(s)], real[j, :len(s)] = s, True
     tokens = np.concatenate([np.repeat(b["tokens"], len(suffixes), 0), np.tile(table, (P, 1))], 1)
     mask = np.concatenate([np.repeat(b["mask"], len(suffixes), 0), np.tile(real, (P, 1))], 1)
     prefix = b["prefix"].reshape(P * len(suffixes), *b["prefix"].shape[2:])
@@ -168,6 +170,6 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
   margin = (margin[:n] + margin[n:]) / 2
   forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
   episodes = [_episode(r) for r in pairs]
-  return {"judgment_forced_accuracy": float(forced.mean()) if n else 0.0,
+  return {"judgment_forced_accuracy": float(forced.mean()),
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
           "judgment_pairs": n}

@@ -213,7 +213,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
       abstract = checkpoint.abstract_like(
           jax.eval_shape(init, models.abstract_params(ctx.model_cfg)), st_shard)
       restored = mgr.restore(abstract, check_config=lambda saved: _check_compatible(
-          saved, ctx.model_cfg, ckpt_dir))
+          saved, ctx.model_cfg, ckpt_dir, tc.trainable))
       state = restored.state
       batches.set_state(restored.data)
       nonfinite_total = int(restored.loop.get("nonfinite_total", 0))
@@ -291,7 +291,8 @@ def _throughput(batch: dict[str, np.ndarray], model_cfg: models.ModelConfig, sec
   return out
 
 
-def _check_compatible(saved: dict, model_cfg: models.ModelConfig, where: str) -> None:
+def _check_compatible(saved: dict, model_cfg: models.ModelConfig, where: str,
+                      trainable: str = "all") -> None:
   """Fails before training when the checkpoint holds a differently shaped model."""
   saved_model = saved.get("model", {})
   now = model_cfg.to_dict()
@@ -299,7 +300,10 @@ def _check_compatible(saved: dict, model_cfg: models.ModelConfig, where: str) ->
                   "num_heads", "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias",
                   "qk_norm")
   diff = {f: (saved_model.get(f), now[f]) for f in shape_fields if saved_model.get(f) != now[f]}
+  saved_trainable = saved.get("experiment", {}).get("train", {}).get("trainable", "all")
+  if saved_trainable != trainable:  # the optimiser state's shapes follow it
+    diff["train.trainable"] = (saved_trainable, trainable)
   if diff:
     raise checkpoint.CheckpointMismatchError(
-        f"{where}: checkpoint does not match config.model (field: (checkpoint, config)) "
-        f"{diff}; use a new --workdir or the checkpoint's model config")
+        f"{where}: checkpoint does not match the config (field: (checkpoint, config)) "
+        f"{diff}; use a new --workdir or the checkpoint's config")

@@ -215,7 +215,7 @@ class Pipeline:
         st[ev_key] = workflow.run_step(
             ev_key, self.path(ev_key), {"model": st[prev], "datasets": st["datasets"]},
             lambda d, prev=prev: self.evaluate(self.path(prev), d),
-            lambda r: json.dumps({k: round(v.get("success_rate", v.get("accuracy", 0)), 3)
+            lambda r: json.dumps({k: round(v.get("success_rate", v.get("next_action_accuracy", 0)), 3)
                                   for k, v in r.items() if isinstance(v, dict)}),
             config=[c.eval.to_dict(), c.env.to_dict(), c.reward.to_dict(), c.prompts.to_dict(),
                     c.data.max_state_tokens, self._judgment_budget()])
@@ -263,7 +263,7 @@ class Pipeline:
       train = prefix_cache.attach(
           train, "input_ids" if section == "il" else "prompt_ids", trainable.split(init)[1],
           self.ctx.model_cfg, self.path("prefix_cache"),
-          suffixes=[answers[l] for l in data_steps.prompt_config(self.c).letters]
+          suffixes=[answers[l] for l in stages.critic.reward_config(sc).letters]
           if section == "act" else None)
     s = stages.make(section, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),

@@ -79,6 +79,9 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
   loss_fn = losses.get(loss_name)
 
   def micro_loss(train, frozen, mb):
+    if "prefix" in mb and not trainable.frozen_prefix:
+      raise ValueError("the batch carries cached prefix activations, but "
+                       "config.train.trainable='all' trains every layer under them")
     model = nnx.merge(gdef, trainable.top_model(train, frozen))
     if trainable.frozen_prefix and "prefix" not in mb:
       shape = mb["tokens"].shape  # [B, T] or grouped [B, S, T] (losses.expected)
@@ -99,8 +102,9 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
   """Builds the pure step for the registered loss `loss_name`.
 
   Gradients and optimiser moments cover `trainable`'s part of the params only
-  (`make_grad_fn`); the frozen part is carried over bitwise. The batch is split into `updates_per_batch` minibatches (GRPO's mu), each one an
-  optimiser update made of `accum_steps` accumulated microbatches. An update whose loss
+  (`make_grad_fn`); the frozen part is carried over bitwise. The batch is split into
+  `updates_per_batch` minibatches (GRPO's mu), each one an optimiser update made of
+  `accum_steps` accumulated microbatches. An update whose loss
   denominator is 0 (no loss tokens) leaves params and optimiser state untouched: AdamW
   would otherwise move the params on stale moments and advance the schedule.
   """

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from act_jax import config_lib, losses, loop, metrics, models, params as params_lib, sharding
+from act_jax import checkpoint, config_lib, losses, loop, metrics, models, params as params_lib
+from act_jax import sharding
 from act_jax import stages, step as step_lib
 from act_jax.data import pipeline as data_pipeline, prefix_cache
 from act_jax.models import decoder
@@ -104,9 +105,10 @@ def one_device(c):
                       params_lib.shardings(model_cfg, mesh))
 
 
-def train(c, workdir, source, init):
+def train(c, workdir, source, init, devices: int = 1):
   stage = stages.make("il", c, train_source=source, pad_id=0)
-  state = loop.run(c, str(workdir), stage, init_params=init, ctx=one_device(c))
+  ctx = one_device(c) if devices == 1 else loop.build_context(c)  # data=8 fake devices
+  state = loop.run(c, str(workdir), stage, init_params=init, ctx=ctx)
   return jax.device_get(state), [r["loss"] for r in metrics.read_jsonl(
       str(workdir / "metrics.jsonl"))]
 
@@ -127,18 +129,24 @@ def test_top_k_training_freezes_bitwise_keeps_no_moments_and_resumes(tmp_path):
   _, first = train(il_config(4, "top:1"), tmp_path / "resumed", recs, init)
   resumed, rest = train(c, tmp_path / "resumed", recs, init)
   assert close(resumed["params"], p, 0) and np.allclose(rest, losses_)
+  # Another trainable slice cannot resume this run: its optimiser state has other shapes.
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"train\.trainable"):
+    train(il_config(8, "top:2"), tmp_path / "resumed", recs, init)
 
 
-def test_prefix_cache_trains_like_the_uncached_run_and_is_reused(tmp_path):
+@pytest.mark.parametrize("devices", [1, 8])
+def test_prefix_cache_trains_like_the_uncached_run_and_is_reused(tmp_path, devices):
+  """On 8 devices with 2 accumulated microbatches too: the prefix is split like the rows."""
   init = jax.device_get(models.init_params(CFG, 4))
-  recs = records()
+  recs = records(32)
   t = Trainable.parse("top:2", CFG.num_layers)
   cache_dir = str(tmp_path / "cache")
   cached = prefix_cache.attach(recs, "input_ids", t.split(init)[1], CFG, cache_dir)
   assert cached[0]["prefix"].shape == (len(recs[0]["input_ids"]), CFG.hidden_size)
   c = il_config(5, "top:2")
-  plain, plain_losses = train(c, tmp_path / "plain", recs, init)
-  fast, fast_losses = train(c, tmp_path / "cached", cached, init)
+  c.train.update(dict(batch_size=8 * (devices > 1) or 4, accum_steps=2 if devices > 1 else 1))
+  plain, plain_losses = train(c, tmp_path / "plain", recs, init, devices)
+  fast, fast_losses = train(c, tmp_path / "cached", cached, init, devices)
   np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-5)
   assert close(fast["params"], plain["params"], 1e-5)
   # Same frozen weights and records: the same cache; other weights: a new one.

@@ -75,13 +75,15 @@ def _pad(seqs: Sequence[np.ndarray], length: int, value: int,
 
 
 def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
-            mode: Mode, meta: bool = False) -> dict[str, Any]:
+            mode: Mode, meta: bool = False, target_width: int | None = None
+            ) -> dict[str, Any]:
   """Pads each record's token field to `length`.
 
   supervised: `input_ids` right-padded as `tokens`, with `mask` (real tokens)
   and `loss_mask` (target tokens), the keys `act_jax.losses` reads, and
-  `target_index` / `target_mask` [B, M]: the loss tokens' positions (M: a power of
-  two >= 8 holding the longest row's), so the loss projects only them to the vocabulary.
+  `target_index` / `target_mask` [B, M]: the loss tokens' positions (M: `target_width`,
+  default a power of two >= 8 holding the longest row's), so the loss projects only
+  them to the vocabulary.
   generation: `prompt_ids` left-padded as `tokens` + `mask`, so generated tokens
   follow every prompt at the same position.
   prefix: records that carry their frozen-prefix activations (`data.prefix_cache`)
@@ -97,7 +99,7 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
   if mode == "supervised":
     batch["loss_mask"] = _pad([np.asarray(r["loss_mask"]) for r in records],
                               length, 0, left).astype(bool)
-    batch.update(target_positions(batch["loss_mask"] & batch["mask"]))
+    batch.update(target_positions(batch["loss_mask"] & batch["mask"], target_width))
   if "prefix" in records[0]:
     batch["prefix"] = _pad_prefix([np.asarray(r["prefix"]) for r in records], ids, length,
                                   left)
@@ -123,11 +125,30 @@ def _pad_prefix(h: Sequence[np.ndarray], ids: Sequence[np.ndarray], length: int,
   return out
 
 
-def target_positions(loss_mask: np.ndarray, min_width: int = 8) -> dict[str, np.ndarray]:
+def _pow2_width(n: int, min_width: int = 8) -> int:
+  return max(min_width, 1 << max(n - 1, 0).bit_length())
+
+
+def target_width(source: Any, chunk: int = 1024) -> int:
+  """The `target_index` width that holds every record's loss tokens."""
+  most = 0
+  for i in range(0, len(source), chunk):
+    idx = list(range(i, min(i + chunk, len(source))))
+    recs = source.__getitems__(idx) if hasattr(source, "__getitems__") else [
+        source[j] for j in idx]
+    most = max([most] + [int(np.sum(np.asarray(r["loss_mask"])[1:])) for r in recs])
+  return _pow2_width(most)
+
+
+def target_positions(loss_mask: np.ndarray, width: int | None = None
+                     ) -> dict[str, np.ndarray]:
   """`target_index` [B, M] (positions of loss tokens after the first position, 0-padded)
-  and `target_mask` [B, M]; M is a power of two so few shapes are compiled."""
+  and `target_mask` [B, M]; M = `width`, default a power of two >= 8."""
   rows = [np.flatnonzero(m[1:]) + 1 for m in loss_mask]
-  width = max(min_width, 1 << max(max(len(r) for r in rows) - 1, 0).bit_length())
+  longest = max(len(r) for r in rows)
+  width = width or _pow2_width(longest)
+  if longest > width:
+    raise ValueError(f"a record has {longest} loss tokens > target width {width}")
   index = np.zeros((len(rows), width), np.int32)
   valid = np.zeros((len(rows), width), bool)
   for i, r in enumerate(rows):
@@ -231,8 +252,13 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
   n = len(source)
   if n == 0:
     raise ValueError("empty source")
+  # Token-only passes read the records without cached activations (data.prefix_cache).
+  plain = getattr(source, "uncached", source)
   lengths = np.asarray(lengths if lengths is not None
-                       else record_lengths(source, field))
+                       else record_lengths(plain, field))
+  # One target width for the whole dataset: every batch, on every process, has the
+  # same [B, M] target_index shape.
+  width = target_width(plain) if mode == "supervised" else None
   if len(lengths) != n:
     raise ValueError(f"{len(lengths)} lengths for {n} records")
   longest = int(lengths.max())
@@ -267,7 +293,7 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
     everyone = order[step * global_bs:(step + 1) * global_bs]
     mine = everyone[shard_index * batch_size:(shard_index + 1) * batch_size]
     length = bucket_for(int(lengths[everyone].max()), buckets)
-    return collate(read(mine.tolist()), length, pad_id, mode, meta)
+    return collate(read(mine.tolist()), length, pad_id, mode, meta, target_width=width)
 
   ds = grain.MapDataset.range(steps).map(load)
   options = grain.ReadOptions(num_threads=num_threads,

@@ -7,11 +7,14 @@ the record's `prefix` field ([tokens, D] float32, padded by `collate` like the
 tokens); the train step then runs only the top layers (`act_jax.step`). Epochs,
 stages and variants whose frozen weights are the same share one cache.
 
-A cache is a directory `<cache_dir>/<key>/` (`hidden.npy` rows of every record
-concatenated, `offsets.npy`, `meta.json`), where the key hashes the frozen weights'
-bytes, the prefix depth and every record's tokens, so a change to any of them
-computes a new cache instead of reading a stale one. It is written to a temporary
-directory and renamed, so a killed build leaves nothing that looks complete.
+A cache is a directory `<cache_dir>/<key>/` (`hidden.npy`: the rows of every record
+concatenated; `meta.json`), where the key hashes the frozen weights' bytes, the model
+config (RoPE, norm epsilon, dtype: what the activations depend on beyond the weights),
+the prefix depth, `VERSION` (of this computation) and every record's tokens, so a
+change to any of them computes a new cache instead of reading a stale one. It is
+written to a temporary directory and renamed, so a killed build leaves nothing that
+looks complete. One process builds and reads it: multi-process runs are refused (the
+frozen weights would have to be gathered to one host).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import numpy as np
 from act_jax.models import ModelConfig, decoder, positions_from_mask
 
 Params = dict[str, Any]
+VERSION = 1  # bump when what a cached row holds changes
 
 
 def weights_digest(tree: Params) -> str:
@@ -56,14 +60,15 @@ class CachedSource:
 
   def __init__(self, source: Any, hidden: np.ndarray, offsets: np.ndarray, path: str,
                suffixes: Sequence[Sequence[int]] | None = None):
-    self.source, self.hidden, self.offsets, self.path = source, hidden, offsets, path
+    # `uncached`: the records without activations, for passes that read only tokens.
+    self.uncached, self.hidden, self.offsets, self.path = source, hidden, offsets, path
     self.suffixes = suffixes
 
   def __len__(self) -> int:
-    return len(self.source)
+    return len(self.uncached)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    rec = dict(self.source[i])
+    rec = dict(self.uncached[i])
     row = lambda k: np.asarray(self.hidden[self.offsets[k]:self.offsets[k + 1]])
     if self.suffixes is None:
       rec["prefix"] = row(i)
@@ -90,13 +95,16 @@ def attach(source: Any, field: str, frozen: Params, cfg: ModelConfig, cache_dir:
   `frozen`: the embeddings and the bottom layers (`Trainable.split(params)[1]`).
   Computes and stores the cache under `cache_dir` unless it is there already.
   """
+  if jax.process_count() > 1:
+    raise ValueError("data.prefix_cache: one process builds and reads the cache; with "
+                     f"{jax.process_count()} processes set config.train.trainable='all'")
   tails = [np.asarray(x, np.int32) for x in suffixes] if suffixes is not None else [
       np.zeros(0, np.int32)]
   rows = [np.concatenate([np.asarray(source[i][field], np.int32), t])
           for i in range(len(source)) for t in tails]
   depth = jax.tree.leaves(frozen["layers"])[0].shape[0]
   key = hashlib.sha1(f"{weights_digest(frozen)}/{depth}/{records_digest(rows)}/"
-                     f"{cfg.dtype}".encode()).hexdigest()[:20]
+                     f"{sorted(cfg.to_dict().items())}/{VERSION}".encode()).hexdigest()[:20]
   path = os.path.join(cache_dir, key)
   lengths = np.array([len(r) for r in rows], np.int64)
   offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -138,5 +146,9 @@ def _build(rows: list[np.ndarray], offsets: np.ndarray, frozen: Params, cfg: Mod
   with open(os.path.join(tmp, "meta.json"), "w") as f:
     json.dump({"records": len(rows), "tokens": int(offsets[-1]),
                "hidden_size": cfg.hidden_size}, f)
-  shutil.rmtree(path, ignore_errors=True)
-  os.replace(tmp, path)
+  try:
+    os.rename(tmp, path)
+  except OSError:  # built meanwhile by another run sharing the directory: keep theirs
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.exists(os.path.join(path, "meta.json")):
+      raise

@@ -104,6 +104,7 @@ class Decoder(nnx.Module):
     """
     if x is None:
       x = embed(self.cfg, self.embed[...], tokens)
+    x = x.astype(self.cfg.jnp_dtype)  # a cached prefix is stored in float32
     x = run_layers(self.cfg, nnx.to_pure_dict(nnx.state(self.layers)), x, positions, mask)
     return rms_norm(x, self.final_norm[...], self.cfg.rms_norm_eps)
 

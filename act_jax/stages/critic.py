@@ -78,6 +78,10 @@ class CriticStage(grpo.GRPOStage):
       self.loss = "expected_judgment"
       self.judgment = reward_config(config)
       self.answers = self._check_answers(answers)
+      cached = getattr(train_source, "suffixes", None)  # data.prefix_cache rows
+      if cached is not None and [list(a) for a in cached] != self.answers:
+        raise ValueError(f"{self.name}: the prefix cache's answer rows {cached} are not "
+                         f"the answers {self.answers} in the reward's letter order")
 
   def _check_answers(self, answers: Mapping[str, Sequence[int]] | None) -> list[list[int]]:
     """The answer ids in the reward's letter order, refused unless each one's text earns
