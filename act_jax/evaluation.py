@@ -75,11 +75,13 @@ def training_instruction(trajectories: Iterable[Any]) -> str:
 
 def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokenizer: Any,
              pool: EnvPool, traj_dir: str, datasets_dir: str,
-             judgment_max_new_tokens: int) -> dict[str, Any]:
+             judgment_max_new_tokens: int, reflection_tokens: int = 0) -> dict[str, Any]:
   """eval.json's content, `{"splits": {split: metrics}}`, for the model `params`.
 
   Metrics of a mode other than the first are filed under `split[mode]`; judgments go to
   the split's own entry, `judgment_max_new_tokens` long (the critic stage's budget).
+  reflection_tokens: a policy that reflects before it acts writes up to this many more
+  (`policy.ModelPolicy`).
   """
   pcfg = prompt_config(c)
   report: dict[str, Any] = {"splits": {}}
@@ -89,7 +91,8 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
   modes = eval_modes(c)
   for mode in modes:
     pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode=mode,
-                      max_state_tokens=c.data.max_state_tokens, instruction=instruction)
+                      max_state_tokens=c.data.max_state_tokens, instruction=instruction,
+                      reflection_tokens=reflection_tokens)
     res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps)
     for split, r in res.items():
       key = split if mode == modes[0] else f"{split}[{mode}]"

@@ -3,6 +3,8 @@
   trajectories  expert gold paths (train) + held-out expert states (ID / OOD)
   tokenizer     the model's tokenizer, or a byte-level BPE trained on env text
   datasets      critic pairs + imitation examples (TFDS array_record), held-out pairs
+  branches      what each critic alternative does in the env: the Early Experience
+                baselines' extra interaction (only when one of them is run)
   base          the initial policy: an HF / act_jax checkpoint, or (from scratch) a
                 format warm-up on *random* rollouts — it learns the answer formats and
                 (stages.base.lm_loss) the env's language, never which action is right
@@ -12,6 +14,10 @@
   s<seed>/act_shuffled, s<seed>/act_blind
                 the critic stage on control pairs (random labels; states from other
                 episodes: `act_jax.data.controls`), then IL (act_shuffled, act_blind)
+  s<seed>/ee_iwm, s<seed>/ee_sr
+                the Early Experience baselines with the IL stage's budget
+                (`act_jax.data.early_experience`): implicit world modelling, then IL
+                (ee_iwm); self-reflection + action SFT in place of IL (ee_sr)
   s<seed>/eval  episode success (ID, OOD), next-action and judgment accuracy
   results       DIR/results.{json,md}, plots, HF export of each variant
 
@@ -31,19 +37,27 @@ import numpy as np
 
 from act_jax import cached_eval, config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
-from act_jax.data import builders, controls, examples, prefix_cache, steps as data_steps
+from act_jax.data import branches as branches_lib, builders, controls
+from act_jax.data import early_experience as ee, examples, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.splits import make_pool
+from act_jax.policy import GREEDY
 from act_jax.sampling import Sampler
 from act_jax.trainable import Trainable
 
-VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act", "act_shuffled", "act_blind")
+VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act", "act_shuffled", "act_blind",
+            "ee_iwm", "ee_sr")
 # Each variant is a chain of training stages run from the base model.
 CHAINS = {"prompt": (), "il": ("il",), "rl": ("rl",), "act": ("act",),
           "il_w_act": ("act", "il"), "rl_w_act": ("act", "rl"),
-          "act_shuffled": ("act_shuffled", "il"), "act_blind": ("act_blind", "il")}
-# The control critic stages run the act stage's section on transformed pairs.
-SECTION = {"act_shuffled": "act", "act_blind": "act"}
+          "act_shuffled": ("act_shuffled", "il"), "act_blind": ("act_blind", "il"),
+          "ee_iwm": ("ee_iwm", "il"), "ee_sr": ("ee_sr",)}
+# The control critic stages run the act stage's section on transformed pairs; the Early
+# Experience stages run the il section (its budget and loss) on their own records.
+SECTION = {"act_shuffled": "act", "act_blind": "act", "ee_iwm": "il", "ee_sr": "il"}
+EARLY_EXPERIENCE = ("ee_iwm", "ee_sr")  # stages trained on the branching rollouts
+# Variants whose policy writes a reflection before its action.
+REFLECTING = tuple(v for v, chain in CHAINS.items() if "ee_sr" in chain)
 
 
 # --- configuration --------------------------------------------------------------------
@@ -101,6 +115,9 @@ def variants(c: ml_collections.ConfigDict) -> list[str]:
   bad = sorted(set(names) - set(VARIANTS))
   if bad:
     raise ValueError(f"config.pipeline.variants: unknown {bad}; known: {VARIANTS}")
+  if c.eval.get("cached") and set(names) & set(REFLECTING):
+    raise ValueError(f"config.eval.cached: cached evaluation scores the action right after "
+                     f"the prompt; {sorted(set(names) & set(REFLECTING))} reflect first")
   return names
 
 
@@ -193,6 +210,15 @@ class Pipeline:
                                            self.path("tokenizer")),
         lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed,
                              c.pipeline.model_dir, builders.VERSION])
+    if set(variants(c)) & {v for v in VARIANTS if set(CHAINS[v]) & set(EARLY_EXPERIENCE)}:
+      st["branches"] = workflow.run_step(
+          "branches", self.path("branches"),
+          {"trajectories": st["trajectories"], "datasets": st["datasets"]},
+          lambda d: data_steps.make_branches(c, d, self.path("trajectories"),
+                                             self.path("datasets"), self.path("tokenizer")),
+          lambda r: json.dumps({k: r[k] for k in ("episodes", "failed_replays", "branched_states",
+                                                  "states_skipped", "branches", "wall_s")}),
+          config=[c.env.to_dict()])
     st["base"] = workflow.run_step(
         "base", self.path("base"), {"tokenizer": st["tokenizer"]}, self.train_base,
         config=stage_fingerprint(c, "base", c.seed))
@@ -205,20 +231,26 @@ class Pipeline:
         for i, stage in enumerate(CHAINS[v]):
           key = chain_key(seed, CHAINS[v][:i + 1])
           if key not in st:
+            deps = {"from": st[prev], "datasets": st["datasets"]}
+            if stage in EARLY_EXPERIENCE:
+              deps["branches"] = st["branches"]
             st[key] = workflow.run_step(
-                key, self.path(key), {"from": st[prev], "datasets": st["datasets"]},
+                key, self.path(key), deps,
                 lambda d, stage=stage, prev=prev, seed=seed: self.train_stage(
                     stage, seed, self.path(prev), d),
                 config=stage_fingerprint(c, stage, seed))
           prev = key
         ev_key = f"s{seed}/eval_{v}"
+        reflect = self._reflection_budget() if v in REFLECTING else 0
         st[ev_key] = workflow.run_step(
             ev_key, self.path(ev_key), {"model": st[prev], "datasets": st["datasets"]},
-            lambda d, prev=prev: self.evaluate(self.path(prev), d),
-            lambda r: json.dumps({k: round(v.get("success_rate", v.get("next_action_accuracy", 0)), 3)
+            lambda d, prev=prev, reflect=reflect: self.evaluate(self.path(prev), d, reflect),
+            lambda r: json.dumps({k: round(v.get("success_rate", v.get("next_action_accuracy", 0)),
+                                           3)
                                   for k, v in r.items() if isinstance(v, dict)}),
             config=[c.eval.to_dict(), c.env.to_dict(), c.reward.to_dict(), c.prompts.to_dict(),
-                    c.data.max_state_tokens, self._judgment_budget()])
+                    c.data.max_state_tokens, self._judgment_budget()]
+            + ([{"reflection_tokens": reflect}] if reflect else []))
         with open(os.path.join(self.path(ev_key), "eval.json")) as f:
           evals[v][seed] = json.load(f)["splits"]
     return self.write_results(evals)
@@ -246,8 +278,11 @@ class Pipeline:
     sc = stage_config(self.full_config, stage, seed)
     section = SECTION.get(stage, stage)
     init = self.params_of(init_dir)
-    train = builders.load_source(self.path("datasets", "train"),
-                                 "critic_pairs" if section == "act" else "imitation_pairs")
+    if stage in EARLY_EXPERIENCE:
+      train = self.early_experience_records(stage, init, out)
+    else:
+      train = builders.load_source(self.path("datasets", "train"),
+                                   "critic_pairs" if section == "act" else "imitation_pairs")
     if stage in controls.CONTROLS:  # seeded by the dataset seed: one cache for all seeds
       train = controls.CONTROLS[stage]([train[i] for i in range(len(train))], self.c.seed,
                                        self.tok, data_steps.prompt_config(self.c))
@@ -271,6 +306,26 @@ class Pipeline:
     loop.run(sc, out, s, init_params=init, ctx=self.ctx)
     return f"{stage} seed {seed}"
 
+  def early_experience_records(self, stage: str, init: Any, out: str) -> list[dict[str, Any]]:
+    """The ee_iwm / ee_sr stage's records from the branching rollouts. A pretrained θ0
+    (`init`: the chain starts at base) writes the SR reflections, kept in
+    `out`/reflections.jsonl to read; from scratch the template does."""
+    branches = branches_lib.read_jsonl(self.path("branches", "train.jsonl"))
+    pcfg = data_steps.prompt_config(self.c)
+    if stage == "ee_iwm":
+      return ee.world_model_records(branches, self.tok, pcfg)
+    generate = None
+    if self.c.pipeline.model_dir:
+      budget = int(self.c.data.get("reflection_max_new_tokens", 128))
+      generate = lambda ids: [
+          self.tok.decode(seq, skip_special_tokens=True) for seq in self.sampler.generate(
+              init, ids, sampling=GREEDY, max_new_tokens=budget).sequences()]
+    recs = ee.reflection_records(branches, self.tok, pcfg, generate=generate)
+    with open(os.path.join(out, "reflections.jsonl"), "w") as f:
+      for r in recs:
+        f.write(json.dumps({k: r[k] for k in ("state_id", "alternative_action", "target")}) + "\n")
+    return recs
+
   # -- evaluation and results -------------------------------------------------------
   def _judgment_budget(self) -> int:
     """Judgments are evaluated with the critic stage's own token budget (a config
@@ -279,7 +334,11 @@ class Pipeline:
       return config_lib.GRPOSection().max_new_tokens
     return stage_config(self.c, "act", 0).grpo.max_new_tokens
 
-  def evaluate(self, model_dir: str, out: str) -> dict[str, Any]:
+  def _reflection_budget(self) -> int:
+    """Tokens a reflecting policy (ee_sr) may write before its action."""
+    return int(self.c.eval.get("reflection_max_new_tokens", 256))
+
+  def evaluate(self, model_dir: str, out: str, reflection_tokens: int = 0) -> dict[str, Any]:
     params = self.params_of(model_dir)
     if self.c.eval.get("cached"):
       report = cached_eval.evaluate(self.c, params, self.tok, self.ctx.gdef,
@@ -288,7 +347,7 @@ class Pipeline:
     else:
       report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
                                    self.path("trajectories"), self.path("datasets"),
-                                   int(self._judgment_budget()))
+                                   int(self._judgment_budget()), reflection_tokens)
     with open(os.path.join(out, "eval.json"), "w") as f:
       json.dump(report, f, indent=2)
     return report["splits"]

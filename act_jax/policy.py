@@ -6,6 +6,10 @@ generates `Action: ...` greedily ("generate") or ranks the admissible actions by
 likelihood of their training target: summed log-prob ("rank") or log-prob per target
 token ("rank_mean"; the sum favours short actions). Every call is batched across
 episodes. The model as a critic is scored in `act_jax.evaluation`.
+
+A policy trained to reflect before it acts (the self-reflection baseline, `ee_sr`) gets
+`reflection_tokens` more to generate; in a rank mode it first writes its reflection
+greedily, up to the action marker, and ranks the action targets after it.
 """
 from __future__ import annotations
 
@@ -29,12 +33,13 @@ class ModelPolicy:
   def __init__(self, sampler: Sampler, params: Any, tokenizer: Any,
                prompt_cfg: prompts_lib.PromptConfig, *, mode: str = "rank",
                max_state_tokens: int | None = None, max_new_tokens: int = 24,
-               instruction: str = "", batch_size: int = 64):
+               instruction: str = "", batch_size: int = 64, reflection_tokens: int = 0):
     if mode not in MODES:
       raise ValueError(f"config.eval.modes: unknown policy mode {mode!r}; expected {MODES}")
     self.sampler, self.params, self.tok, self.cfg = sampler, params, tokenizer, prompt_cfg
     self.mode, self.max_state_tokens = mode, max_state_tokens
     self.max_new_tokens, self.instruction, self.batch_size = max_new_tokens, instruction, batch_size
+    self.reflection_tokens = reflection_tokens
     self._eos = examples.eos_id(tokenizer, prompt_cfg)
     self.generated = self.unparsed = 0
 
@@ -57,12 +62,22 @@ class ModelPolicy:
       out.extend(self._generate(ids) if self.mode == "generate" else self._rank(chunk, ids))
     return out
 
-  def _generate(self, ids: list[list[int]]) -> list[str]:
+  def _completions(self, ids: list[list[int]]) -> list[str]:
     res = self.sampler.generate(self.params, ids, sampling=GREEDY,
-                                max_new_tokens=self.max_new_tokens)
+                                max_new_tokens=self.max_new_tokens + self.reflection_tokens)
+    return [self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences()]
+
+  def _reflect(self, ids: list[list[int]]) -> list[list[int]]:
+    """Each prompt followed by the policy's own reflection: what it writes before the
+    action marker (all of it, when no marker comes within the budget)."""
+    texts = [parsing.split_action(t, self.cfg.action_pattern)[1]
+             for t in self._completions(ids)]
+    return [list(p) + (self.tok(t, add_special_tokens=False)["input_ids"] if t else [])
+            for p, t in zip(ids, texts)]
+
+  def _generate(self, ids: list[list[int]]) -> list[str]:
     actions = []
-    for seq in res.sequences():
-      text = self.tok.decode(seq, skip_special_tokens=True)
+    for text in self._completions(ids):
       action = parsing.parse_action(text, self.cfg.action_pattern)
       self.generated += 1
       if action is None:
@@ -72,6 +87,8 @@ class ModelPolicy:
     return actions
 
   def _rank(self, inputs: Sequence[PolicyInput], ids: list[list[int]]) -> list[str]:
+    if self.reflection_tokens:
+      ids = self._reflect(ids)
     prompts, conts, owner = [], [], []
     for j, (x, p) in enumerate(zip(inputs, ids)):
       for a in x.admissible:

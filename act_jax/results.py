@@ -33,7 +33,13 @@ DELTAS = (("il_w_act", "il", ("success_rate", "next_action_accuracy")),
           ("act_blind", "il", ("success_rate", "next_action_accuracy")),
           ("il_w_act", "act_shuffled", ("success_rate", "next_action_accuracy")),
           ("il_w_act", "act_blind", ("success_rate", "next_action_accuracy")),
-          ("act", "prompt", ("judgment_accuracy", "judgment_forced_accuracy")))
+          ("act", "prompt", ("judgment_accuracy", "judgment_forced_accuracy")),
+          # The Early Experience baselines (they act in the env; ACT does not) against IL,
+          # and ACT against each of them.
+          ("ee_iwm", "il", ("success_rate", "next_action_accuracy")),
+          ("ee_sr", "il", ("success_rate", "next_action_accuracy")),
+          ("il_w_act", "ee_iwm", ("success_rate", "next_action_accuracy")),
+          ("il_w_act", "ee_sr", ("success_rate", "next_action_accuracy")))
 
 
 def aggregate(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]]]]

@@ -69,25 +69,35 @@ def critic_records(states: Sequence[State], alternatives: Sequence[Sequence[str]
       yield key, rec
 
 
+def supervised_rows(tokenizer: Any, prompts_: Sequence[str],
+                    targets: Sequence[str | Sequence[str]], eos: int
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  """prompt_ids, target_ids (+ EOS), input_ids and loss_mask (the target's tokens only)
+  per (prompt, target). A target given as pieces is encoded piece by piece, so a policy
+  that writes the first pieces itself can score the last one on the tokens training saw
+  (the self-reflection baseline's reflection, then its action: `early_experience`)."""
+  for c in range(0, len(prompts_), _CHUNK):
+    pieces = [[t] if isinstance(t, str) else list(t) for t in targets[c:c + _CHUNK]]
+    flat = iter(_encode(tokenizer, [x for p in pieces for x in p]))
+    for p_ids, n in zip(_encode(tokenizer, prompts_[c:c + _CHUNK]), map(len, pieces)):
+      t_ids = np.concatenate([next(flat) for _ in range(n)] + [np.asarray([eos], np.int32)])
+      yield {"prompt_ids": p_ids, "target_ids": t_ids,
+             "input_ids": np.concatenate([p_ids, t_ids]),
+             "loss_mask": np.concatenate([np.zeros_like(p_ids), np.ones_like(t_ids)])}
+
+
 def imitation_records(states: Sequence[State], tokenizer: Any,
                       cfg: prompts.PromptConfig
                       ) -> Iterator[tuple[str, dict[str, Any]]]:
   """Yields (key, record), one per state; also the stage-3 RL prompts."""
   eos = eos_id(tokenizer, cfg)
-  for c in range(0, len(states), _CHUNK):
+  for c in range(0, len(states), _CHUNK):  # prompts rendered a chunk at a time
     chunk = states[c:c + _CHUNK]
     texts = [prompts.action_prompt(tokenizer, s.text, cfg) for s in chunk]
     targets = [prompts.action_target(s.expert_action, cfg) for s in chunk]
-    for s, text, target, p_ids, t_ids in zip(
-        chunk, texts, targets, _encode(tokenizer, texts),
-        _encode(tokenizer, targets)):
-      t_ids = np.append(t_ids, np.int32(eos))
+    for s, text, target, ids in zip(chunk, texts, targets,
+                                    supervised_rows(tokenizer, texts, targets, eos)):
       yield s.state_id, {
           "state_id": s.state_id, "source": s.source, "prompt": text,
           "target": target, "expert_action": s.expert_action,
-          "admissible": list(s.admissible or ()),
-          "prompt_ids": p_ids, "target_ids": t_ids,
-          "input_ids": np.concatenate([p_ids, t_ids]),
-          "loss_mask": np.concatenate([np.zeros_like(p_ids),
-                                       np.ones_like(t_ids)]),
-      }
+          "admissible": list(s.admissible or ()), **ids}

@@ -39,6 +39,20 @@ class PromptConfig:
   letters: tuple[str, str] = parsing.LETTERS
   answer_format: str = "Answer: {letter}"
   answer_pattern: str = parsing.ANSWER_PATTERN
+  # Early Experience baselines (`act_jax.data.early_experience`). Implicit world
+  # modelling: the state and an action taken -> the observation it led to (the target).
+  world_model_user: str = "{state}\nAction: {action}\nWhat happens next?"
+  # Self-reflection from scratch: this text, then the action target, is the SR target.
+  # It must not contain the action marker: the policy reads the action after the last one.
+  reflection: str = (
+      "Taking '{alternative}' leads to: {alternative_observation}\n"
+      "Taking '{expert}' leads to: {expert_observation}\n"
+      "So the better action is '{expert}'.")
+  # Self-reflection of a pretrained model: θ0 writes the reflection from this prompt.
+  reflection_user: str = (
+      "{state}\n\nTaking '{expert}' led to: {expert_observation}\n"
+      "Taking '{alternative}' led to: {alternative_observation}\n\n"
+      "In a few sentences, explain why '{expert}' is the better action here.")
   # Wrapping into a model prompt.
   system: str = ""
   use_chat_template: bool | None = None  # None: use it when the tokenizer has one.
@@ -134,6 +148,22 @@ def critic_prompt(tokenizer: Any, state: str, action_a: str, action_b: str,
                                 answer_a=answer_text(letter_a, cfg),
                                 answer_b=answer_text(letter_b, cfg))
   return chat_prompt(tokenizer, user, cfg, cfg.critic_chat_template_kwargs)
+
+
+def world_model_prompt(tokenizer: Any, state: str, action: str, cfg: PromptConfig) -> str:
+  """Prompt asking what an action leads to (Early Experience's implicit world modelling)."""
+  return chat_prompt(tokenizer, cfg.world_model_user.format(state=state, action=action), cfg,
+                     cfg.action_chat_template_kwargs)
+
+
+def reflection_prompt(tokenizer: Any, state: str, expert: str, expert_observation: str,
+                      alternative: str, alternative_observation: str,
+                      cfg: PromptConfig) -> str:
+  """Prompt asking θ0 why the expert's action beats an alternative, given both outcomes."""
+  user = cfg.reflection_user.format(
+      state=state, expert=expert, expert_observation=expert_observation,
+      alternative=alternative, alternative_observation=alternative_observation)
+  return chat_prompt(tokenizer, user, cfg, cfg.action_chat_template_kwargs)
 
 
 def action_target(action: str, cfg: PromptConfig) -> str:

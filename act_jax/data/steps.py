@@ -3,6 +3,8 @@
   trajectories  expert gold paths (train) + held-out expert states (ID / OOD)
   tokenizer     the model's tokenizer, or a byte-level BPE trained on env text
   datasets      critic pairs + imitation examples (TFDS array_record), held-out pairs
+  branches      what each critic alternative does in the env (the Early Experience
+                baselines only: `act_jax.data.branches`)
 
 and the format warm-up's records from random play (`format_records`), which the base
 step trains on. Nothing here trains: `act_jax.pipeline` wires these steps together.
@@ -17,9 +19,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from act_jax.data import alternatives as alt_lib, build as build_lib, examples
+from act_jax.data import alternatives as alt_lib, branches as branches_lib
+from act_jax.data import build as build_lib, builders, examples
 from act_jax.data import prompts as prompts_lib
-from act_jax.data.states import trajectory_states
+from act_jax.data.report import DropLog
+from act_jax.data.states import trajectory_ids, trajectory_states
 from act_jax.data.trajectory import read_jsonl, write_jsonl
 from act_jax.envs import expert as expert_lib, rollout
 from act_jax.envs.splits import env_splits, make_pool
@@ -97,6 +101,27 @@ def make_datasets(c: ml_collections.ConfigDict, out: str, traj_dir: str, tok_dir
     lines.append(f"{name}: trajectories={rep.trajectories} states={rep.states} "
                  f"pairs={rep.pairs} dropped={rep.drops.total}")
   return "; ".join(lines)
+
+
+def make_branches(c: ml_collections.ConfigDict, out: str, traj_dir: str,
+                  datasets_dir: str, tok_dir: str) -> dict[str, Any]:
+  """Branching rollouts from every train state, with its critic pairs' alternatives:
+  `out`/train.jsonl and report.json (`data.branches`)."""
+  tok = load_tokenizer(tok_dir)
+  trajs = list(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
+  # The states exactly as the datasets step rendered them (same ids, text, budget).
+  states = build_lib.build_states(trajs, tok, prompt_config(c), c.data.max_state_tokens,
+                                  DropLog(), DropLog())
+  train_dir = os.path.join(datasets_dir, "train")
+  alts = (branches_lib.critic_alternatives(builders.load_source(train_dir, "critic_pairs"))
+          if os.path.exists(builders.dataset_dir(train_dir, "critic_pairs")) else {})
+  with make_pool(c) as pool:
+    records, report = branches_lib.make_branches(pool, trajs, trajectory_ids(trajs), states,
+                                                 alts)
+  branches_lib.write_jsonl(os.path.join(out, "train.jsonl"), records)
+  with open(os.path.join(out, "report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  return report
 
 
 def random_rollouts(c: ml_collections.ConfigDict, n_per_game: int) -> list[tuple[Any, str]]:

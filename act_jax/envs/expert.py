@@ -35,7 +35,7 @@ class Replay:
   env_steps: int
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
   java = getattr(e, "java_exception", None)
   try:
     return f"{type(e).__name__}: {java.toString() if java is not None else e}"[:500]
@@ -84,7 +84,7 @@ def replay_gold(env: TextEnv, spec: EpisodeSpec, max_steps: int | None = None) -
                f" after {len(steps)} steps of a {len(gold)}-action gold path, score {score:.2f}"
   except Exception as e:  # pylint: disable=broad-except
     # A simulator exception (e.g. params it cannot build) fails this episode, not the run.
-    reason = f"simulator error: {_describe(e)}"
+    reason = f"simulator error: {describe_error(e)}"
   meta: dict[str, Any] = {**spec.to_meta(), "gold_len": len(gold), "score": score,
                           "augmented_steps": augmented, "skipped_gold_actions": skipped}
   if reason:
