@@ -364,7 +364,7 @@ class Pipeline:
       if os.path.exists(f):
         curves[key] = metrics.read_jsonl(f)
     results_lib.plot_curves(self.path("curves.png"), curves,
-                            keys=("loss", "reward", "eval_accuracy"))
+                            keys=("loss", "reward", "expected_reward", "eval_accuracy"))
     if self.c.pipeline.export:
       from act_jax.hf import save_pretrained
       for v in order:
