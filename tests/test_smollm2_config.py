@@ -34,7 +34,7 @@ def test_smollm2_cpu_config_runs_end_to_end_on_a_tiny_model(tmp_path):
   c.pipeline.update(dict(model_dir=tiny_model_dir(tmp_path), seeds=1))
   c.env.update(dict(train_per_game=2, heldout_per_game=1))
   for name in ("act", "il"):
-    c.stages[name].update(dict(steps=2, batch_size=4))
+    c.stages[name].update(dict(steps=2, batch_size=8))  # one row per fake device
   c.eval.update(dict(heldout_states=6, critic_pairs=4))
   workdir = tmp_path / "run"
   Pipeline(c, str(workdir)).run()
