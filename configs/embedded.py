@@ -56,7 +56,7 @@ def get_config():
       il=dict(steps=200, batch_size=16, lr=3e-3, warmup_steps=5),
       rl=dict(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
               grpo=config_lib.grpo(**g))))
-  c.eval = ml_collections.ConfigDict(dict(modes=["rank", "generate"], episodes_per_game=10,
+  c.eval = ml_collections.ConfigDict(dict(modes=("rank", "generate"), episodes_per_game=10,
                                           heldout_states=140, critic_pairs=400))
   c.checkpoint.async_save = False
   return c

@@ -42,6 +42,6 @@ def get_config():
       il=dict(steps=640, batch_size=32, lr=1e-5, warmup_steps=20),  # [I]
       rl=dict(steps=320, batch_size=32, lr=1e-6, warmup_steps=10,  # [I]
               grpo=config_lib.grpo())))
-  c.eval = ml_collections.ConfigDict(dict(modes=["generate"], episodes_per_game=20,
+  c.eval = ml_collections.ConfigDict(dict(modes=("generate",), episodes_per_game=20,
                                           heldout_states=10000, critic_pairs=1000))
   return c

@@ -21,5 +21,5 @@ def get_config(arg: str = "gpu"):
                     heldout_per_game=1 if small else 3, max_steps=40,
                     env_kwargs=dict()))
   c.data.max_state_tokens = 1024
-  c.eval.modes = ["generate"]
+  c.eval.modes = ("generate",)
   return c

@@ -62,7 +62,7 @@ def get_config(arg: str = "gpu"):
               trainable=top),
       rl=dict(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top, grpo=rl)))
   c.eval = ml_collections.ConfigDict(dict(
-      modes=["generate", "rank"], episodes_per_game=0 if cpu else 50,
+      modes=("generate", "rank"), episodes_per_game=0 if cpu else 50,
       heldout_states=150 if cpu else 1000, critic_pairs=60 if cpu else 500,
       cached=top if cpu else None))
   c.checkpoint.async_save = False
