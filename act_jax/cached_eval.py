@@ -46,12 +46,8 @@ from act_jax.trainable import Trainable
 BATCH = 16
 
 
-def _text(v: Any) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _episode(record: dict[str, Any]) -> str:
-  return _text(record["state_id"]).rsplit("/", 1)[0]
+  return data_pipeline.as_text(record["state_id"]).rsplit("/", 1)[0]
 
 
 def evaluate(c: ml_collections.ConfigDict, params: Any, tokenizer: Any, gdef: nnx.GraphDef,
@@ -130,12 +126,12 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
   answers = examples.answer_ids(tokenizer, pcfg)
   letters = list(pcfg.letters)
   other = dict(zip(letters, letters[::-1]))
-  swapped_text = [prompts_lib.critic_prompt(tokenizer, _text(r["state"]), _text(r["action_b"]),
-                                            _text(r["action_a"]), pcfg) for r in pairs]
+  swapped_text = [prompts_lib.critic_prompt(tokenizer, data_pipeline.as_text(r["state"]), data_pipeline.as_text(r["action_b"]),
+                                            data_pipeline.as_text(r["action_a"]), pcfg) for r in pairs]
   swapped_ids = tokenizer(swapped_text, add_special_tokens=False)["input_ids"]
-  rows = [{"prompt_ids": np.asarray(r["prompt_ids"]), "label": _text(r["label"])}
+  rows = [{"prompt_ids": np.asarray(r["prompt_ids"]), "label": data_pipeline.as_text(r["label"])}
           for r in pairs]
-  rows += [{"prompt_ids": np.asarray(x, np.int32), "label": other[_text(r["label"])]}
+  rows += [{"prompt_ids": np.asarray(x, np.int32), "label": other[data_pipeline.as_text(r["label"])]}
            for r, x in zip(pairs, swapped_ids)]
   suffixes = [answers[l] for l in letters]
   source = prefix_cache.attach(rows, "prompt_ids", frozen, model_cfg, cache_dir,

@@ -20,6 +20,7 @@ import numpy as np
 
 from act_jax import rewards, stats
 from act_jax.data import builders, examples, prompts as prompts_lib
+from act_jax.data.pipeline import as_text
 from act_jax.data.steps import prompt_config
 from act_jax.data.trajectory import read_jsonl
 from act_jax.envs import rollout, splits as splits_lib
@@ -127,10 +128,6 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
 # --- The model as a critic --------------------------------------------------------------
 
 
-def _text(v: Any) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def evenly_spaced(n: int, k: int) -> list[int]:
   """At most k indices spread evenly over range(n), first and last included."""
   if n <= k:
@@ -176,12 +173,12 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   # Two orders per pair: as stored, and with the candidates swapped (label swapped too).
   rows: list[tuple[list[int], str]] = []
   for r in records:
-    label = _text(r["label"])
+    label = as_text(r["label"])
     if "state" not in r:
       raise ValueError("critic pair records lack their 'state' field (datasets written "
                        "before forced-choice evaluation): rebuild the datasets step")
-    swapped = prompts_lib.critic_prompt(tokenizer, _text(r["state"]), _text(r["action_b"]),
-                                        _text(r["action_a"]), prompt_cfg)
+    swapped = prompts_lib.critic_prompt(tokenizer, as_text(r["state"]), as_text(r["action_b"]),
+                                        as_text(r["action_a"]), prompt_cfg)
     rows.append((np.asarray(r["prompt_ids"]).tolist(), label))
     rows.append((tokenizer(swapped, add_special_tokens=False)["input_ids"], other[label]))
   texts: list[str] = []
@@ -207,7 +204,7 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   first = np.asarray([l == prompt_cfg.letters[0] for l in labels])
   margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0]).reshape(-1, 2).mean(1)
   forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
-  episodes = [_text(r["state_id"]).rsplit("/", 1)[0] for r in records]
+  episodes = [as_text(r["state_id"]).rsplit("/", 1)[0] for r in records]
   greedy = scores.correct.astype(np.float64)
   n = len(records)
   return {"pairs": n, "episodes": len(set(episodes)),

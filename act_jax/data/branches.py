@@ -24,6 +24,7 @@ import json
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
+from act_jax.data.pipeline import as_text
 from act_jax.data.states import State
 from act_jax.data.trajectory import Trajectory
 from act_jax.envs.base import EpisodeSpec, TextEnv, TimeStep
@@ -40,16 +41,12 @@ class EpisodeBranches:
   reason: str = ""  # why the replay failed; "" when it did not
 
 
-def _text(v: Any) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def critic_alternatives(critic_pairs: Any) -> dict[str, list[str]]:
   """{state_id: its critic pairs' alternative actions, sorted} from a critic_pairs source."""
   out: dict[str, list[str]] = collections.defaultdict(list)
   for i in range(len(critic_pairs)):
     r = critic_pairs[i]
-    out[_text(r["state_id"])].append(_text(r["alternative_action"]))
+    out[as_text(r["state_id"])].append(as_text(r["alternative_action"]))
   return {k: sorted(v) for k, v in out.items()}
 
 

@@ -20,17 +20,14 @@ import numpy as np
 
 from act_jax.data import prompts
 from act_jax.data.alternatives import stable_seed
+from act_jax.data.pipeline import as_text
 
 Record = dict[str, Any]
 
 
-def _text(v: Any) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def episode_of(record: Record) -> str:
   """'game/seed' of a state id 'game/seed/step'."""
-  return _text(record["state_id"]).rsplit("/", 1)[0]
+  return as_text(record["state_id"]).rsplit("/", 1)[0]
 
 
 def shuffled_labels(records: Sequence[Record], seed: int, letters: Sequence[str]
@@ -56,10 +53,10 @@ def blind_states(records: Sequence[Record], seed: int, tokenizer: Any,
   out = []
   texts = []
   for r, d in zip(records, donor):
-    state = _text(records[d]["state"])
-    texts.append(prompts.critic_prompt(tokenizer, state, _text(r["action_a"]),
-                                       _text(r["action_b"]), cfg))
-    out.append({**r, "state": state, "state_donor": _text(records[d]["state_id"])})
+    state = as_text(records[d]["state"])
+    texts.append(prompts.critic_prompt(tokenizer, state, as_text(r["action_a"]),
+                                       as_text(r["action_b"]), cfg))
+    out.append({**r, "state": state, "state_donor": as_text(records[d]["state_id"])})
   ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
   for r, text, x in zip(out, texts, ids):
     r.update(prompt=text, prompt_ids=np.asarray(x, np.int32))

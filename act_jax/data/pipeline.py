@@ -54,11 +54,12 @@ def record_lengths(source: Any, field: str, chunk: int = 1024) -> np.ndarray:
   return out
 
 
-def _text(v: Any) -> Any:
+def as_text(v: Any) -> Any:
+  """A record field as text: array_record gives bytes (and arrays of bytes)."""
   if isinstance(v, bytes):
     return v.decode("utf-8")
   if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.dtype == object):
-    return [_text(x) for x in v]
+    return [as_text(x) for x in v]
   return v
 
 
@@ -106,7 +107,7 @@ def collate(records: Sequence[dict[str, Any]], length: int, pad_id: int,
   if meta:
     keys = [k for k, v in records[0].items()
             if not (isinstance(v, np.ndarray) and v.dtype != object)]
-    batch["meta"] = {k: [_text(r[k]) for r in records] for k in keys}
+    batch["meta"] = {k: [as_text(r[k]) for r in records] for k in keys}
   return batch
 
 
@@ -269,7 +270,7 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
   buckets = tuple(sorted(bucket_lengths))
   if longest > buckets[-1]:
     i = int(lengths.argmax())
-    raise ValueError(f"record {i} ({_text(source[i].get('state_id', ''))}) has "
+    raise ValueError(f"record {i} ({as_text(source[i].get('state_id', ''))}) has "
                      f"{longest} tokens > max length {buckets[-1]}")
 
   meta = mode == "generation" if meta is None else meta
