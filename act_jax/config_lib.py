@@ -161,9 +161,10 @@ class GRPOSection(Section):
   [I] = our inference: the ACT paper states none of these.
 
   estimator: "grpo" samples G completions per prompt (the paper's method, for critics
-  that reason); "expected" (critic stage only) takes the exact expected reward over the
-  answer strings of a critic that answers without reasoning (`losses.expected`). It
-  samples nothing in training, so group_size, clipping, aggregation, advantage and
+  that reason); "expected" takes the exact expected reward over the completions that
+  are paid (`losses.expected`): the answer strings of a critic that answers without
+  reasoning (act), or the admissible actions of a next-action policy that acts without
+  reasoning (rl; every record must list them). It samples nothing in training, so group_size, clipping, aggregation, advantage and
   filter_zero_variance do not apply to it, nor does the reasoning budget
   max_new_tokens (it still bounds the greedy evaluation); temperature does (the
   distribution whose expectation it is).
@@ -219,11 +220,13 @@ class GRPOSection(Section):
 ESTIMATORS = ("grpo", "expected")  # GRPOSection.estimator
 
 
-def check_estimator(g: GRPOSection, critic: bool, where: str) -> None:
-  """Refuses `expected` off the critic stage: only the judgment has answers to enumerate."""
-  if g.estimator == "expected" and not critic:
-    raise ValueError(f"{where}.estimator='expected': only the critic stage (act) can take "
-                     "the expectation over its answer strings; use 'grpo'")
+def check_estimator(g: GRPOSection, enumerable: bool, where: str) -> None:
+  """Refuses `expected` where the paid completions cannot be enumerated: only the
+  critic's answers and the next-action stage's admissible actions can."""
+  if g.estimator == "expected" and not enumerable:
+    raise ValueError(f"{where}.estimator='expected': only the critic (act) and next-action "
+                     "RL (rl) stages can take the expectation over their answers or "
+                     "admissible actions; use 'grpo'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +261,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name, section in c.get("stages", {}).items():
     s = StageSection.from_config(section, f"config.stages.{name}")
     if s.grpo is not None:
-      check_estimator(s.grpo, name == "act", f"config.stages.{name}.grpo")
+      check_estimator(s.grpo, name in ("act", "rl"), f"config.stages.{name}.grpo")
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:

@@ -302,7 +302,8 @@ class Pipeline:
           if section == "act" else None)
     s = stages.make(section, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
-                    pad_id=self._pad(), answers=answers)
+                    pad_id=self._pad(), answers=answers,
+                    action_ids=examples.action_ids(self.tok, data_steps.prompt_config(self.c)))
     loop.run(sc, out, s, init_params=init, ctx=self.ctx)
     return f"{stage} seed {seed}"
 

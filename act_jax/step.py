@@ -83,6 +83,9 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
       raise ValueError("the batch carries cached prefix activations, but "
                        "config.train.trainable='all' trains every layer under them")
     model = nnx.merge(gdef, trainable.top_model(train, frozen))
+    if trainable.frozen_prefix and "prefix" not in mb and "attention" in mb:  # packed rows
+      mb = {**mb, "prefix": jax.lax.stop_gradient(decoder.prefix(
+          model.cfg, frozen, mb["tokens"], mb["positions"], mb["attention"]))}
     if trainable.frozen_prefix and "prefix" not in mb:
       shape = mb["tokens"].shape  # [B, T] or grouped [B, S, T] (losses.expected)
       tokens = mb["tokens"].reshape(-1, shape[-1])

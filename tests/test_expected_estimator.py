@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from act_jax import config_lib, loop, models, pipeline, rewards, stages
-from act_jax.losses import expected
+from act_jax.losses import expected, grpo as grpo_loss
 from act_jax.metrics import read_jsonl
-from act_jax.stages import critic, synthetic_critic
+from act_jax.stages import critic, grpo, synthetic_critic
 import config_files
 from test_grpo_stage import one_device_context
 
@@ -49,8 +49,9 @@ def enumerated(params, prompt, label):
   r = np.asarray([completion_reward(y, label) for y in YS])
   p = jax.lax.stop_gradient(jnp.exp(logp))
   b = jnp.sum(p * r)
+  std = jnp.sqrt(jnp.sum(p * (r - b) ** 2))
   p_right, p_wrong = (jnp.sum(p * (r == v)) for v in (JUDGMENT.correct, JUDGMENT.wrong))
-  return jnp.sum(p * (r - b) * logp), (b, p_right + p_wrong, jnp.sum(p), p_right > p_wrong)
+  return jnp.sum(p * (r - b) * logp), (b, p_right + p_wrong, jnp.sum(p), p_right > p_wrong, std)
 
 
 def expected_loss_batch():
@@ -61,22 +62,26 @@ def expected_loss_batch():
                                JUDGMENT, pad_id=0)
 
 
-def test_gradient_is_the_enumerated_policy_gradient():
-  """grad of the loss = -(1/P) sum_x E_y[(r(y) - E[r]) grad log p(y|x)], y over ALL
-  completions; its metrics are E[r], the answers' mass and p(expert's) > p(other)."""
+@pytest.mark.parametrize("advantage", ["dr_grpo", "grpo"])
+def test_gradient_is_the_enumerated_policy_gradient(advantage):
+  """grad of the loss = -(1/P) sum_x w_x E_y[(r(y) - E[r]) grad log p(y|x)], y over ALL
+  completions, w_x = 1 (dr_grpo) or 1 / std_y r(y) (grpo); its metrics are E[r], the
+  answers' mass and p(expert's) > p(other)."""
   params = models.init_params(CFG, 3)
   batch = {k: jnp.asarray(v) for k, v in expected_loss_batch().items()}
+  cfg = grpo_loss.GRPOConfig(advantage=advantage)
 
   def loss(p):
-    total, denom, metrics = expected.expected_judgment_loss(
-        nnx.merge(models.graphdef(CFG), p), batch)
+    total, denom, metrics = expected.expected_reward_loss(
+        nnx.merge(models.graphdef(CFG), p), batch, cfg)
     return total / denom, metrics
 
   grads, metrics = jax.jit(jax.grad(loss, has_aux=True))(params)
 
   def reference(p):
     outs = [enumerated(p, x, l) for x, l in zip(PROMPTS, LABELS)]
-    return sum(o[0] for o in outs) / len(outs), [o[1] for o in outs]
+    w = [1.0 if advantage == "dr_grpo" else 1.0 / o[1][4] for o in outs]
+    return sum(wi * o[0] for wi, o in zip(w, outs)) / len(outs), [o[1][:4] for o in outs]
 
   ref_grads, aux = jax.jit(jax.grad(reference, has_aux=True))(params)
   b, mass, total_p, right = (np.asarray(v) for v in zip(*aux))
@@ -118,17 +123,104 @@ def test_bad_estimator_settings_are_refused(field, value, error):
     synthetic_critic.make_stage(c)
 
 
-def test_expected_is_refused_off_the_critic_stage():
+def test_expected_is_refused_where_completions_cannot_be_enumerated():
   c = config_files.load("embedded")
   c.stages.rl.grpo.estimator = "expected"
-  with pytest.raises(ValueError, match=r"config\.stages\.rl\.grpo\.estimator='expected': "
-                                       r"only the critic stage"):
-    config_lib.validate(c)
-  with pytest.raises(ValueError, match=r"config\.grpo\.estimator='expected': only the critic"):
-    stages.make("rl", pipeline.stage_config(c, "rl", 0), train_source=[], detokenize=str)
-  c.stages.rl.grpo.estimator = "grpo"
   c.stages.act.grpo.update(dict(estimator="expected", beta=0.0))
-  config_lib.validate(c)  # the critic stage may
+  config_lib.validate(c)  # the critic and next-action stages may
+  sc = pipeline.stage_config(c, "rl", 0)
+  with pytest.raises(ValueError, match=r"config\.grpo\.estimator='expected': only the critic "
+                                       r"\(act\) and next-action RL \(rl\)"):
+    grpo.GRPOStage(sc, train_source=[], reward=rewards.make("action"), detokenize=str)
+
+
+# --- next-action RL: each state's admissible actions are the paid completions ----------
+
+ACTION_REWARD = rewards.ActionConfig()
+# Prompt 0 lists two actions, prompt 1 three (one of a different length): S = 3 pads
+# prompt 0's third slot, whose empty completion must not count as probability 1.
+CANDIDATES = ([[2, EOS], [3, EOS]], [[4, EOS], [2, 3, EOS], [3, EOS]])
+VALUES = ([1.0, 0.1], [0.1, 1.0, 0.1])
+
+
+def candidate_reward(y, i):
+  for ids, r in zip(CANDIDATES[i], VALUES[i]):
+    if list(y[:len(ids)]) == ids:
+      return r
+  return ACTION_REWARD.malformed
+
+
+def test_action_candidates_gradient_is_the_enumerated_policy_gradient():
+  """With a ragged candidate list per prompt, grad = -(1/P) sum_x E_y[(r(y) - E[r]) grad
+  log p(y|x)] over ALL completions y, every unlisted one paid r_m; in both layouts (a
+  row per candidate, and the candidates packed after one copy of the prompt)."""
+  params = models.init_params(CFG, 5)
+  P = max(map(len, PROMPTS))
+  tokens = np.asarray([[0] * (P - len(x)) + x for x in PROMPTS], np.int32)
+  mask = tokens > 0
+  reward = np.zeros((2, 3), np.float32)
+  for i, v in enumerate(VALUES):
+    reward[i, :len(v)] = v
+  rows, packed = (build(tokens, mask, CANDIDATES, reward, reward == 1.0,
+                        ACTION_REWARD.malformed, pad_id=0, width=C)
+                  for build in (grpo.candidate_batch, grpo.packed_candidate_batch))
+  assert rows["answer_valid"].tolist() == [[True, True, False], [True, True, True]]
+  assert packed["tokens"].shape == (2, P + 3 * C)  # one row per prompt
+
+  def loss(p, batch):
+    total, denom, _ = expected.expected_reward_loss(nnx.merge(models.graphdef(CFG), p),
+                                                    {k: jnp.asarray(v) for k, v in batch.items()},
+                                                    grpo_loss.GRPOConfig(advantage="dr_grpo"))
+    return total / denom
+
+  def reference(p):
+    outs = []
+    for i, x in enumerate(PROMPTS):
+      seq = jnp.asarray(np.concatenate([np.tile(x, (len(YS), 1)), YS], axis=1))
+      T = seq.shape[1]
+      logits = nnx.merge(models.graphdef(CFG), p)(
+          seq, jnp.broadcast_to(jnp.arange(T), seq.shape), jnp.ones(seq.shape, bool))
+      lp = jnp.take_along_axis(jax.nn.log_softmax(logits[:, T - C - 1:T - 1], -1),
+                               seq[:, T - C:, None], -1)[..., 0].sum(-1)
+      r = np.asarray([candidate_reward(y, i) for y in YS])
+      q = jax.lax.stop_gradient(jnp.exp(lp))
+      outs.append(jnp.sum(q * (r - jnp.sum(q * r)) * lp))
+    return sum(outs) / len(outs)
+
+  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+  ref = flat(jax.jit(jax.grad(reference))(params))
+  scale = np.abs(ref).max()
+  assert scale > 1e-4
+  for batch in (rows, packed):
+    np.testing.assert_allclose(flat(jax.grad(loss)(params, batch)), -ref, rtol=1e-4,
+                               atol=1e-5 * scale)
+
+
+def test_action_stage_pays_each_admissible_action_what_sampling_would():
+  """The expected next-action batch: the expert's action first, then the other admissible
+  ones once each, paid by the action reward on their decoded targets."""
+  c = config_files.load("embedded")
+  c.stages.rl.grpo.estimator = "expected"
+  sc = pipeline.stage_config(c, "rl", 0)
+  vocab = ["<pad>", "<eos>", "Action:", "\n", "take", "apple", "pear", "look"]
+  encode = lambda a: [2, 3] + [vocab.index(w) for w in a.split()] + [1]
+  detok = lambda ids: " ".join(vocab[i] for i in ids if i > 1).replace(": \n ", ":\n")
+  recs = [{"state_id": "e/0", "expert_action": "take apple",
+           "admissible": ["look", "take apple", "take pear"]},
+          {"state_id": "e/1", "expert_action": "look", "admissible": ["look", "take  apple"]}]
+  stage = stages.make("rl", sc, train_source=recs, detokenize=detok, action_ids=encode)
+  assert stage.shape == (3, 5)
+  meta = {k: [r[k] for r in recs] for k in ("expert_action", "admissible")}
+  batch, _ = stage.prepare(None, {}, {"tokens": np.full((2, 4), 5, np.int32),
+                                      "mask": np.ones((2, 4), bool), "meta": meta})
+  assert batch["answer_tokens"].shape == (2, 3, 5)  # 3 candidates: a power of two, capped at S
+  assert batch["tokens"].shape == (2, 4 + 3 * 5)  # packed after the prompt
+  np.testing.assert_allclose(batch["answer_reward"], [[1.0, 0.1, 0.1], [1.0, 0.1, 0.0]])
+  assert batch["answer_valid"].tolist() == [[True] * 3, [True, True, False]]
+  assert batch["answer_correct"].tolist() == [[True, False, False], [True, False, False]]
+  with pytest.raises(ValueError, match=r"record 0 \('e/0'\) has none"):
+    stages.make("rl", sc, train_source=[{**recs[0], "admissible": []}], detokenize=detok,
+                action_ids=encode)
 
 
 def test_expected_needs_answers_that_parse_as_their_letters():

@@ -7,7 +7,7 @@ label is the expert's letter. Imitation: prompt = the action prompt, target =
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,6 +39,14 @@ def answer_ids(tokenizer: Any, cfg: prompts.PromptConfig) -> dict[str, list[int]
   eos = eos_id(tokenizer, cfg)
   return {l: tokenizer(prompts.answer_text(l, cfg), add_special_tokens=False)["input_ids"]
           + [eos] for l in cfg.letters}
+
+
+def action_ids(tokenizer: Any, cfg: prompts.PromptConfig) -> Callable[[str], list[int]]:
+  """An action -> its target's token ids + EOS, exactly as `imitation_records` writes
+  them: what next-action RL's `expected` estimator scores for each admissible action."""
+  eos = eos_id(tokenizer, cfg)
+  return lambda action: next(supervised_rows(tokenizer, [""], [prompts.action_target(
+      action, cfg)], eos))["target_ids"].tolist()
 
 
 def _encode(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:

@@ -1,8 +1,10 @@
-"""The exact expected reward of a critic that answers without reasoning.
+"""The exact expected reward of a policy whose paid completions can be enumerated.
 
-Such a critic's well-formed completions are a small set S of answer strings, e.g.
+A critic that answers without reasoning has a small set S of well-formed answers,
 S = {"Answer: A" + EOS, "Answer: B" + EOS}: exactly the strings forced-choice
-evaluation scores. Every other completion is malformed and earns r_m. For a prompt x
+evaluation scores. A next-action policy in an environment that lists its admissible
+actions has S = those actions' targets ("Action: ..." + EOS). Every other completion
+earns r_m (malformed). For a prompt x
 
   E[r] = sum_{a in S} p(a|x) r(a) + (1 - sum_{a in S} p(a|x)) r_m
        = r_m + sum_{a in S} p(a|x) (r(a) - r_m),
@@ -10,23 +12,34 @@ evaluation scores. Every other completion is malformed and earns r_m. For a prom
 
 That gradient is also the expectation over ALL completions y of the unclipped
 on-policy policy gradient with any baseline b, E_y[(r(y) - b) grad log p(y|x)] (the
-baseline term vanishes in expectation): the limit of group-centred (dr_grpo-style)
-GRPO as G -> infinity, computed with one forward pass per (prompt, answer) instead
-of G samples, and without their variance; nothing is sampled, so the group size
-and the reasoning budget (max_new_tokens) play no part. The loss per prompt is
--(E[r] - r_m), whose gradient is -grad E[r]; it is summed over prompts with the
-number of prompts as denominator. A token sequence outside S that decodes to the same text (another
-tokenisation of an answer) counts as malformed here; the sampled estimator's reward
-would read its text.
+baseline term vanishes in expectation): the limit of group-centred GRPO
+(`advantage = "dr_grpo"`) as G -> infinity. With `advantage = "grpo"` (the default)
+each prompt's term is also divided by the std of its reward under p (no gradient
+through it), the limit of GRPO's (r - mean) / std: for a binary reward a prompt's
+gradient then shrinks like sqrt(p(1 - p)) instead of p(1 - p) as the policy grows
+sure of it, so a confidently wrong answer (a letter preference) still gets a signal.
+Either is computed with one forward pass per (prompt, answer) instead of G samples,
+and without their variance; nothing is sampled, so the group size and the reasoning
+budget (max_new_tokens) play no part. The loss per prompt is -w (E[r] - r_m), w = 1
+or 1 / std, whose gradient is -w grad E[r]; it is summed over prompts with the
+number of prompts as denominator. A token sequence outside S that decodes to the
+same text (another tokenisation of an answer) counts as malformed here; the sampled
+estimator's reward would read its text.
 
 The batch, leading axis the prompt so that minibatches and microbatches keep each
-prompt's answers together (`step._split` takes rows i, i+k, ...):
+prompt's answers together (`step._split` takes rows i, i+k, ...), either a row per
+(prompt, answer) — the layout the prefix cache stores —
   tokens, mask       [P, S, T]  the prompt (left-padded), then answer j (right-padded)
                                 to C tokens: the layout of `stages.grpo.build_loss_batch`
   completion_mask    [P, S, C]  the answer's real tokens
   answer_reward      [P, S]     r(a) for the prompt's label
   answer_correct     [P, S]     a is the expert's answer
+  answer_valid       [P, S]     (optional) a is a real answer, not padding: prompts
+                                with fewer than S answers (action lists) pad the rest
   malformed_reward   [P]        r_m
+or packed, one row per prompt (`stages.grpo.packed_candidate_batch`): tokens,
+positions [P, L], attention [P, L, L], answer_tokens and answer_index [P, S, C] in
+place of tokens and mask; the other fields as above.
 """
 from __future__ import annotations
 
@@ -37,25 +50,50 @@ from act_jax.losses import register
 from act_jax.losses.grpo import GRPOConfig, completion_logprobs
 
 
-@register("expected_judgment")
-def expected_judgment_loss(model, batch: dict[str, jax.Array], cfg: GRPOConfig | None = None
-                           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def packed_logprobs(model, batch: dict[str, jax.Array], temperature: float,
+                    prefix: jax.Array | None = None) -> jax.Array:
+  """[P, S, C] log-probs of each packed candidate's tokens (see the module docstring)."""
+  P, S, C = batch["answer_tokens"].shape
+  h = model.hidden(batch["tokens"], batch["positions"], batch["attention"], x=prefix)
+  idx = batch["answer_index"].reshape(P, S * C)
+  h = jnp.take_along_axis(h, idx[..., None], axis=1)  # [P, S*C, D]
+  logits = model.logits(h.reshape(P * S * C, -1)) / temperature
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  target = jnp.take_along_axis(logits, batch["answer_tokens"].reshape(-1, 1), axis=-1)[:, 0]
+  return (target - lse).reshape(P, S, C)
+
+
+@register("expected_reward")
+def expected_reward_loss(model, batch: dict[str, jax.Array], cfg: GRPOConfig | None = None
+                         ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """-(E[r] - r_m) summed over prompts, the number of prompts, and metrics.
 
   Only `cfg.temperature` is read: the expectation is over the distribution the
   sampled estimator would draw from.
   """
-  P, S, T = batch["tokens"].shape
   w = batch["completion_mask"].astype(jnp.float32)
-  C = w.shape[-1]
+  P, S, C = w.shape
+  temperature = cfg.temperature if cfg is not None else 1.0
   prefix = batch.get("prefix")
-  logp, _ = completion_logprobs(model, batch["tokens"].reshape(P * S, T),
-                                batch["mask"].reshape(P * S, T), C,
-                                cfg.temperature if cfg is not None else 1.0,
-                                prefix=None if prefix is None else prefix.reshape(P * S, T, -1))
+  if "attention" in batch:  # packed: one row per prompt (stages.grpo.packed_candidate_batch)
+    logp = packed_logprobs(model, batch, temperature, prefix)
+  else:
+    T = batch["tokens"].shape[-1]
+    logp, _ = completion_logprobs(model, batch["tokens"].reshape(P * S, T),
+                                  batch["mask"].reshape(P * S, T), C, temperature,
+                                  prefix=None if prefix is None else prefix.reshape(P * S, T, -1))
   p = jnp.exp(jnp.sum(logp.reshape(P, S, C) * w, axis=-1))  # [P, S]
+  if "answer_valid" in batch:  # a padding row's empty answer would have p = 1
+    p = jnp.where(batch["answer_valid"], p, 0.0)
   r_m = batch["malformed_reward"].astype(jnp.float32)
-  gain = jnp.sum(p * (batch["answer_reward"] - r_m[:, None]), axis=-1)  # E[r] - r_m
+  r = batch["answer_reward"]
+  gain = jnp.sum(p * (r - r_m[:, None]), axis=-1)  # E[r] - r_m
+  weight = jnp.ones_like(gain)
+  if cfg is None or cfg.advantage == "grpo":  # GRPO's (r - mean) / std, as G -> infinity
+    mean = r_m + gain
+    second = jnp.sum(p * r * r, axis=-1) + (1.0 - jnp.sum(p, axis=-1)) * r_m * r_m
+    std = jnp.sqrt(jnp.maximum(second - mean * mean, 0.0))
+    weight = jax.lax.stop_gradient(1.0 / (std + 1e-6))
   correct = batch["answer_correct"]
   p_best_other = jnp.max(jnp.where(correct, -1.0, p), axis=-1)
   metrics = {
@@ -65,4 +103,4 @@ def expected_judgment_loss(model, batch: dict[str, jax.Array], cfg: GRPOConfig |
       "forced_accuracy": jnp.mean((jnp.sum(p * correct, axis=-1) > p_best_other)
                                   .astype(jnp.float32)),
   }
-  return -jnp.sum(gain), jnp.asarray(P, jnp.float32), metrics
+  return -jnp.sum(weight * gain), jnp.asarray(P, jnp.float32), metrics

@@ -44,6 +44,9 @@ class GRPOConfig:
   temperature: the sampler's; log-probs are computed from logits / temperature so the
     ratio compares the same distribution the completions were drawn from.
   norm_len: divisor of sequence-mean-token-sum-norm; 0 = the completion length C.
+  advantage: the advantage estimator's name. The sampled loss reads advantages from
+    the batch (computed on the host); the exact `expected_reward` loss applies it: with
+    "grpo" each prompt's term is divided by its reward's std, as GRPO's advantages are.
   """
   eps_low: float = 0.2
   eps_high: float = 0.28
@@ -52,6 +55,7 @@ class GRPOConfig:
   aggregation: str = "token-mean"
   temperature: float = 1.0
   norm_len: int = 0
+  advantage: str = "grpo"
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:

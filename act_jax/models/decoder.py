@@ -95,7 +95,10 @@ class Decoder(nnx.Module):
     Args:
       tokens: [B, T] int ids.
       positions: [B, T] RoPE positions (left padding: cumsum(mask) - 1).
-      mask: [B, T] bool, which tokens are real; causality is by index.
+      mask: [B, T] bool, which tokens are real; causality is by index. Or [B, T, T]:
+        which keys each query attends to, for sequences that are not one causal
+        stream (several continuations packed after one shared prompt:
+        `stages.grpo.packed_candidate_batch`).
       x: [B, T, D] the residual stream entering this model's first layer instead of
         the token embeddings: the output of frozen layers below it (`prefix`), when
         this model holds only the layers above them (`act_jax.trainable`).
@@ -129,7 +132,8 @@ def run_layers(cfg: ModelConfig, layer_params: dict[str, Any], x: jax.Array,
     return x
   cos, sin = rope_tables(positions, cfg)
   T = x.shape[1]
-  attn_mask = jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]  # [B,T,T]
+  attn_mask = (mask if mask.ndim == 3 else  # given: e.g. candidates packed after a prompt
+               jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :])  # [B,T,T]
 
   def layer(x, p):
     return _layer(cfg, x, p, cos, sin, attn_mask)

@@ -28,7 +28,8 @@ class Inputs:
   completion ids -> text (GRPO rewards read text); reference: the frozen KL reference
   (params, or `ctx -> params`); pad_id: the padding id of supervised batches; answers:
   the critic's answer strings as token ids by letter, EOS included (its `expected`
-  estimator enumerates them).
+  estimator enumerates them); action_ids: an action -> its target's token ids, EOS
+  included, as IL writes it (the next-action stage's `expected` estimator).
   """
   train_source: Any = None
   eval_source: Any = None
@@ -36,6 +37,7 @@ class Inputs:
   reference: Any = None
   pad_id: int = 0
   answers: Mapping[str, Sequence[int]] | None = None
+  action_ids: Callable[[str], Sequence[int]] | None = None
 
 
 Constructor = Callable[[ml_collections.ConfigDict, Inputs], loop.Stage]

@@ -36,24 +36,12 @@ def reward_config(c: ml_collections.ConfigDict) -> Any:
 def expected_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, labels: Sequence[str],
                    answers: Sequence[Sequence[int]], letters: Sequence[str],
                    judgment: rewards.JudgmentConfig, pad_id: int) -> dict[str, np.ndarray]:
-  """The `expected_judgment` loss's batch: every prompt with every answer string.
-
-  `answers[j]` is letter j's token ids; rows are laid out by `grpo.completion_rows`
-  (prompt i, answer j at row i*S + j), then grouped [P, S, ...] by prompt.
-  """
-  P, S = len(prompt_tokens), len(answers)
-  C = max(len(a) for a in answers)
-  table = np.full((S, C), pad_id, np.int32)
-  for j, ids in enumerate(answers):
-    table[j, :len(ids)] = ids
-  lengths = np.asarray([len(a) for a in answers])
-  tokens, mask, real = grpo.completion_rows(prompt_tokens, prompt_mask, np.tile(table, (P, 1)),
-                                            np.tile(lengths, P))
+  """The `expected_reward` loss's batch: every prompt with every answer string
+  (`answers[j]`: letter j's token ids), laid out by `grpo.candidate_batch`."""
   correct = np.asarray([[label == letter for letter in letters] for label in labels])
-  return {"tokens": tokens.reshape(P, S, -1), "mask": mask.reshape(P, S, -1),
-          "completion_mask": real.reshape(P, S, C), "answer_correct": correct,
-          "answer_reward": np.where(correct, judgment.correct, judgment.wrong).astype(np.float32),
-          "malformed_reward": np.full(P, judgment.malformed, np.float32)}
+  return grpo.candidate_batch(prompt_tokens, prompt_mask, [answers] * len(labels),
+                              np.where(correct, judgment.correct, judgment.wrong), correct,
+                              judgment.malformed, pad_id)
 
 
 class CriticStage(grpo.GRPOStage):
@@ -61,10 +49,10 @@ class CriticStage(grpo.GRPOStage):
 
   With `config.grpo.estimator="expected"` training samples nothing: `prepare` pairs
   each prompt with every answer string (`answers`: letter -> token ids, EOS included)
-  and the `expected_judgment` loss takes the exact expected reward (`losses.expected`).
+  and the `expected_reward` loss takes the exact expected reward (`losses.expected`).
   """
   name = "act_critic"
-  critic = True
+  enumerable = True
 
   def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
                detokenize: grpo.Detokenize, eval_source: Any = None,
@@ -75,7 +63,7 @@ class CriticStage(grpo.GRPOStage):
                      reward=reward or make_reward(config), eval_source=eval_source,
                      reference=reference)
     if self.g.estimator == "expected":
-      self.loss = "expected_judgment"
+      self.loss = "expected_reward"
       self.judgment = reward_config(config)
       self.answers = self._check_answers(answers)
       cached = getattr(train_source, "suffixes", None)  # data.prefix_cache rows

@@ -38,7 +38,7 @@ def loss_config(g: config_lib.GRPOSection) -> grpo_loss.GRPOConfig:
   """The loss's settings (`g` has already refused truncated sampling)."""
   return grpo_loss.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
                               kl_estimator=g.kl_estimator, aggregation=g.aggregation,
-                              temperature=g.temperature)
+                              temperature=g.temperature, advantage=g.advantage)
 
 
 # --- Generation ---------------------------------------------------------------------
@@ -129,6 +129,87 @@ def completion_rows(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
   return tokens.astype(np.int32), mask, real
 
 
+def candidate_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                    candidates: Sequence[Sequence[Sequence[int]]], rewards: np.ndarray,
+                    correct: np.ndarray, malformed_reward: float, pad_id: int,
+                    width: int | None = None) -> dict[str, np.ndarray]:
+  """The `expected_reward` loss's batch: prompt i followed by each of its candidates.
+
+  `candidates[i][j]`: the token ids of prompt i's j-th paid completion (EOS included);
+  `rewards`, `correct`: [P, S] per candidate, S >= every prompt's count (the rest is
+  padding, `answer_valid` False); `width`: the completion width C (default the longest).
+  Rows are laid out by `completion_rows` (prompt i, candidate j at row i*S + j), then
+  grouped [P, S, ...] by prompt.
+  """
+  P, S = rewards.shape
+  C = width or max(len(a) for cands in candidates for a in cands)
+  table = np.full((P * S, C), pad_id, np.int32)
+  lengths = np.zeros(P * S, np.int64)
+  valid = np.zeros((P, S), bool)
+  for i, cands in enumerate(candidates):
+    for j, ids in enumerate(cands):
+      table[i * S + j, :len(ids)] = ids
+      lengths[i * S + j] = len(ids)
+      valid[i, j] = True
+  tokens, mask, real = completion_rows(prompt_tokens, prompt_mask, table, lengths)
+  return {"tokens": tokens.reshape(P, S, -1), "mask": mask.reshape(P, S, -1),
+          "completion_mask": real.reshape(P, S, C), "answer_valid": valid,
+          "answer_correct": np.asarray(correct, bool) & valid,
+          "answer_reward": np.where(valid, rewards, 0.0).astype(np.float32),
+          "malformed_reward": np.full(P, malformed_reward, np.float32)}
+
+
+def packed_candidate_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                           candidates: Sequence[Sequence[Sequence[int]]], rewards: np.ndarray,
+                           correct: np.ndarray, malformed_reward: float, pad_id: int,
+                           width: int) -> dict[str, np.ndarray]:
+  """`candidate_batch`'s content with each prompt computed once: one row per prompt,
+  the prompt (left-padded, Tp) then its S candidates, `width` (C) tokens each.
+
+  A candidate sees the prompt and itself only (`attention` [P, L, L], L = Tp + S*C)
+  and sits at the positions right after the prompt, so its log-prob equals that of
+  the prompt followed by it alone; `answer_index` [P, S, C] is the position whose
+  logits predict each candidate token (the prompt's last one for its first token).
+  For many short candidates after a long prompt (a state's admissible actions) this
+  is several times fewer tokens than a row per candidate.
+  """
+  P, S = rewards.shape
+  Tp, C = prompt_tokens.shape[1], width
+  L = Tp + S * C
+  tokens = np.full((P, L), pad_id, np.int32)
+  tokens[:, :Tp] = prompt_tokens
+  real = np.zeros((P, L), bool)
+  real[:, :Tp] = prompt_mask
+  block = np.zeros(L, np.int32)  # 0: the prompt, k + 1: candidate k
+  block[Tp:] = 1 + np.arange(S * C) // C
+  offset = np.tile(np.arange(C), S)  # a candidate token's place in its candidate
+  positions = np.zeros((P, L), np.int32)
+  n = prompt_mask.sum(axis=1)
+  positions[:, :Tp] = np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0)
+  positions[:, Tp:] = n[:, None] + offset[None]
+  answer_tokens = np.full((P, S, C), pad_id, np.int32)
+  in_answer = np.zeros((P, S, C), bool)
+  valid = np.zeros((P, S), bool)
+  for i, cands in enumerate(candidates):
+    for k, ids in enumerate(cands):
+      answer_tokens[i, k, :len(ids)] = ids
+      in_answer[i, k, :len(ids)] = True
+      valid[i, k] = True
+  real[:, Tp:] = in_answer.reshape(P, S * C)
+  tokens[:, Tp:] = answer_tokens.reshape(P, S * C)
+  causal = np.tril(np.ones((L, L), bool))
+  same = (block[None, :] == 0) | (block[None, :] == block[:, None])
+  attention = causal[None] & same[None] & real[:, None, :]
+  index = np.where(offset == 0, Tp - 1, Tp + np.arange(S * C) - 1).reshape(S, C)
+  return {"tokens": tokens, "positions": positions, "attention": attention,
+          "answer_tokens": answer_tokens,
+          "answer_index": np.broadcast_to(index, (P, S, C)).astype(np.int32),
+          "completion_mask": in_answer,
+          "answer_valid": valid, "answer_correct": np.asarray(correct, bool) & valid,
+          "answer_reward": np.where(valid, rewards, 0.0).astype(np.float32),
+          "malformed_reward": np.full(P, malformed_reward, np.float32)}
+
+
 def group_advantages(rewards: np.ndarray, group_size: int, estimator: str,
                      filter_zero_variance: bool) -> tuple[np.ndarray, np.ndarray, int]:
   """[N] rewards -> ([N] advantages, [N] keep, number of zero-variance groups)."""
@@ -159,7 +240,7 @@ class GRPOStage(loop.Stage):
   """
   name = "grpo"
   loss = "grpo"
-  critic = False  # whether `config.grpo.estimator` may be "expected"
+  enumerable = False  # whether `config.grpo.estimator` may be "expected"
 
   def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
                reward: rewards_lib.RewardFn, detokenize: Detokenize,
@@ -167,7 +248,7 @@ class GRPOStage(loop.Stage):
                name: str | None = None):
     self.config = config
     self.g = config_lib.GRPOSection.from_config(config.grpo, "config.grpo")
-    config_lib.check_estimator(self.g, self.critic, "config.grpo")
+    config_lib.check_estimator(self.g, self.enumerable, "config.grpo")
     self.name = name or self.name
     self.loss_cfg = loss_config(self.g)
     self.updates_per_batch = self.g.updates_per_batch
