@@ -37,7 +37,7 @@ per step, so
               frozen layers run inside the update: sampled rows are new every step,
               so they have no cache.
   critic/exp  the critic's `expected` estimator (config.grpo.estimator, loss
-              `expected_judgment`: the exact expected reward over the two answer
+              `expected_reward`: the exact expected reward over the two answer
               strings), top:4 with the prefix cache: `CriticStage.prepare` pairs each of
               the 16 prompts with both answers ("Answer: A"/"Answer: B" + EOS, 4 ids
               each, as SmolLM2 tokenises them), a [16, 2, 260] batch; its frozen prefix

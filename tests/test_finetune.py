@@ -177,7 +177,7 @@ def test_expected_critic_rows_from_the_cache_equal_the_uncached_rows(tmp_path):
   rows = lambda b: critic.expected_batch(b["tokens"], b["mask"], b["meta"]["label"], answers,
                                          ("A", "B"), judgment, 0)
   a, b = rows(plain), {**rows(fast), "prefix": fast["prefix"]}
-  grad = jax.jit(step_lib.make_grad_fn(models.graphdef(CFG), "expected_judgment", trainable=t))
+  grad = jax.jit(step_lib.make_grad_fn(models.graphdef(CFG), "expected_reward", trainable=t))
   (la, _), ga = grad(train, frozen, a)
   (lb, _), gb = grad(train, frozen, b)
   np.testing.assert_allclose(lb, la, rtol=1e-5)
