@@ -81,5 +81,6 @@ def quiet_libraries() -> None:
   from absl import logging as absl_logging
   import tensorflow_datasets as tfds
   absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("absl").addFilter(_ORBAX_READ_ONLY)  # once: filters are a set
+  # Added once, however often this runs: addFilter skips a filter already there.
+  logging.getLogger("absl").addFilter(_ORBAX_READ_ONLY)
   tfds.disable_progress_bar()
