@@ -292,8 +292,10 @@ def _read_only(path: str) -> tuple[ocp.CheckpointManager, list[int]]:
   if not steps:
     raise FileNotFoundError(f"{path}: no complete training checkpoint "
                             f"(expected step directories under {directory})")
+  # Saving off and no directory to create: what read_only implies, said so that Orbax
+  # need not warn that it changed them.
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True)), steps
+      read_only=True, save_interval_steps=0, create=False)), steps
 
 
 def _saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:

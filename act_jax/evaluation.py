@@ -13,12 +13,12 @@ import collections
 import logging
 import os
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 import numpy as np
 
-from act_jax import rewards, stats
+from act_jax import console, rewards, stats
 from act_jax.data import builders, examples, prompts as prompts_lib
 from act_jax.data.pipeline import as_text
 from act_jax.data.steps import prompt_config
@@ -76,13 +76,14 @@ def training_instruction(trajectories: Iterable[Any]) -> str:
 
 def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokenizer: Any,
              pool: EnvPool, traj_dir: str, datasets_dir: str,
-             judgment_max_new_tokens: int, reflection_tokens: int = 0) -> dict[str, Any]:
+             judgment_max_new_tokens: int, reflection_tokens: int = 0,
+             desc: str = "eval") -> dict[str, Any]:
   """eval.json's content, `{"splits": {split: metrics}}`, for the model `params`.
 
   Metrics of a mode other than the first are filed under `split[mode]`; judgments go to
   the split's own entry, `judgment_max_new_tokens` long (the critic stage's budget).
   reflection_tokens: a policy that reflects before it acts writes up to this many more
-  (`policy.ModelPolicy`).
+  (`policy.ModelPolicy`). Progress (`desc`) counts episodes, states and pairs done.
   """
   pcfg = prompt_config(c)
   report: dict[str, Any] = {"splits": {}}
@@ -90,39 +91,56 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
   eval_specs = splits_lib.eval_episodes(splits, c.eval.episodes_per_game)
   instruction = training_instruction(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
   modes = eval_modes(c)
-  for mode in modes:
-    pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode=mode,
-                      max_state_tokens=c.data.max_state_tokens, instruction=instruction,
-                      reflection_tokens=reflection_tokens)
-    res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps)
-    for split, r in res.items():
-      key = split if mode == modes[0] else f"{split}[{mode}]"
-      entry = report["splits"].setdefault(key, {})
-      entry.update(success_rate=r["success_rate"], success_rate_ci95=r["success_ci95"],
-                   invalid_action_rate=r["invalid_action_rate"], avg_steps=r["avg_steps"],
-                   policy_mode=mode)
-      trajs = list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
-      na = rollout.next_action_accuracy(pol, trajs, max_states=c.eval.heldout_states)
-      entry.update(next_action_accuracy=na["accuracy"],
-                   next_action_accuracy_ci95=na["accuracy_ci95"],
-                   next_action_states=na["states"], next_action_episodes=na["episodes"])
-      if mode == "generate":
-        entry["unparsed_action_rate"] = pol.unparsed / max(pol.generated, 1)
-  judgment = judgment_config(c)
-  for split in splits:
-    if split == "train":
-      continue
-    try:
-      src = builders.load_source(os.path.join(datasets_dir, split), "critic_pairs")
-    except Exception:  # no critic pairs for this split (e.g. no admissible lists)
-      continue
-    recs = [src[i] for i in evenly_spaced(len(src), c.eval.critic_pairs)]
-    j = judgment_accuracy(sampler, params, tokenizer, pcfg, recs, judgment,
-                          max_new_tokens=judgment_max_new_tokens)
-    report["splits"].setdefault(split, {}).update(
-        {k: v for k, v in j.items() if k.startswith("judgment_")},
-        judgment_pairs=j["pairs"], judgment_max_new_tokens=j["max_new_tokens"])
+  trajs = {split: list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
+           for split in eval_specs}
+  pairs = {split: critic_pairs(os.path.join(datasets_dir, split), c.eval.critic_pairs)
+           for split in splits if split != "train"}
+  n_states = {split: min(len(rollout.expert_states(t)), c.eval.heldout_states)
+              for split, t in trajs.items()}
+  total = (len(modes) * sum(len(s) + n_states[k] for k, s in eval_specs.items())
+           + sum(len(r) for r in pairs.values() if r is not None))
+  with console.Progress(total, desc) as bar:
+    for mode in modes:
+      pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode=mode,
+                        max_state_tokens=c.data.max_state_tokens, instruction=instruction,
+                        reflection_tokens=reflection_tokens)
+      bar.update_to(bar.n, {"doing": f"{mode} episodes"})
+      res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps, progress=bar.update)
+      for split, r in res.items():
+        key = split if mode == modes[0] else f"{split}[{mode}]"
+        entry = report["splits"].setdefault(key, {})
+        entry.update(success_rate=r["success_rate"], success_rate_ci95=r["success_ci95"],
+                     invalid_action_rate=r["invalid_action_rate"], avg_steps=r["avg_steps"],
+                     policy_mode=mode)
+        bar.update_to(bar.n, {"doing": f"{key} states"})
+        na = rollout.next_action_accuracy(pol, trajs[split], max_states=c.eval.heldout_states,
+                                          progress=bar.update)
+        entry.update(next_action_accuracy=na["accuracy"],
+                     next_action_accuracy_ci95=na["accuracy_ci95"],
+                     next_action_states=na["states"], next_action_episodes=na["episodes"])
+        if mode == "generate":
+          entry["unparsed_action_rate"] = pol.unparsed / max(pol.generated, 1)
+    judgment = judgment_config(c)
+    for split, recs in pairs.items():
+      if recs is None:
+        continue
+      bar.update_to(bar.n, {"doing": f"{split} pairs"})
+      j = judgment_accuracy(sampler, params, tokenizer, pcfg, recs, judgment,
+                            max_new_tokens=judgment_max_new_tokens, progress=bar.update)
+      report["splits"].setdefault(split, {}).update(
+          {k: v for k, v in j.items() if k.startswith("judgment_")},
+          judgment_pairs=j["pairs"], judgment_max_new_tokens=j["max_new_tokens"])
   return report
+
+
+def critic_pairs(split_dir: str, k: int) -> list[dict[str, Any]] | None:
+  """At most k of a split's critic pairs, evenly spaced; None when it has none (e.g. a
+  split without admissible lists)."""
+  try:
+    src = builders.load_source(split_dir, "critic_pairs")
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return [src[i] for i in evenly_spaced(len(src), k)]
 
 
 # --- The model as a critic --------------------------------------------------------------
@@ -157,7 +175,8 @@ def reasoning_prefix(completion: str, judgment: rewards.JudgmentConfig) -> str:
 def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
                       prompt_cfg: prompts_lib.PromptConfig, records: Sequence[dict[str, Any]],
                       judgment: rewards.JudgmentConfig, max_new_tokens: int,
-                      batch_size: int = 64) -> dict[str, Any]:
+                      batch_size: int = 64, progress: Callable[[int], None] | None = None
+                      ) -> dict[str, Any]:
   """The critic on held-out pairs, greedy and by forced choice.
 
   Greedy: one completion per pair in its dataset order, `max_new_tokens` long (the
@@ -167,6 +186,7 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   EOS) compared after it; a pair counts as right when the expert's answer wins on
   the margin averaged over both orders (a tie counts half), which cancels a letter bias.
   Intervals: bootstrap over episodes (pairs of one episode share its states).
+  `progress(n)` as n pairs are judged greedily.
   """
   answers = examples.answer_ids(tokenizer, prompt_cfg)
   other = dict(zip(prompt_cfg.letters, prompt_cfg.letters[::-1]))
@@ -185,7 +205,10 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   for i in range(0, len(rows), batch_size):
     res = sampler.generate(params, [p for p, _ in rows[i:i + batch_size]], sampling=GREEDY,
                            max_new_tokens=max_new_tokens)
-    texts.extend(tokenizer.decode(seq, skip_special_tokens=True) for seq in res.sequences())
+    seqs = res.sequences()
+    texts.extend(tokenizer.decode(seq, skip_special_tokens=True) for seq in seqs)
+    if progress is not None:
+      progress(len(seqs) // 2)  # two rows per pair; batch_size is even
   labels = [l for _, l in rows]
   scores = rewards.judgment_reward(texts[::2], {judgment.label_key: labels[::2]}, judgment)
   prompts, conts = [], []

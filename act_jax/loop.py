@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from act_jax import (checkpoint, config_lib, flops, metrics as metrics_lib, models,
+from act_jax import (checkpoint, config_lib, console, flops, metrics as metrics_lib, models,
                      params as params_lib, sharding, step as step_lib)
 from act_jax.trainable import Trainable
 
@@ -85,13 +85,12 @@ class Context:
 
 
 def setup_process(workdir: str) -> None:
-  """Per-process start-up shared by the entry points: quiet logs, a compile cache.
+  """Per-process start-up shared by the entry points: warnings only, a compile cache.
 
   The persistent cache lives in the workdir, so a run resumed after preemption (and
   every later stage of the pipeline) reuses the programs it already compiled.
   """
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
+  console.quiet_libraries()
   logging.basicConfig(level=logging.WARNING)
   if "://" not in workdir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))

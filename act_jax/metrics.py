@@ -1,4 +1,4 @@
-"""Run logging: JSON lines + TensorBoard events + a console progress bar (process 0 only).
+"""Run logging: JSON lines + TensorBoard events + console progress (process 0 only).
 
 A resumed run restarts from its checkpoint's step, so the rows and events a killed run
 logged after that step would otherwise appear twice: `Writer(start_step=s)` drops them
@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-import tqdm
+
+from act_jax import console
 
 
 _BAR_KEYS = ("loss", "reward", "accuracy", "tokens_per_s", "mfu", "nonfinite_total")
@@ -42,8 +43,7 @@ class Writer:
     self._jsonl = open(path, "a")
     from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
     self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
-    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=desc,
-                          dynamic_ncols=True, disable=None)
+    self._bar = console.Progress(total_steps, desc, initial=start_step)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
     row = {k: _scalar(v) for k, v in metrics.items()}
@@ -53,10 +53,7 @@ class Writer:
     self._jsonl.flush()
     for k, v in row.items():
       self._tb.add_scalar(k, v, int(step))
-    self._bar.n = int(step)
-    self._bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
-                           if k in _BAR_KEYS}, refresh=False)
-    self._bar.refresh()
+    self._bar.update_to(int(step), {k: v for k, v in row.items() if k in _BAR_KEYS})
     return row
 
   def close(self) -> None:

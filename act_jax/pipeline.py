@@ -348,7 +348,8 @@ class Pipeline:
     else:
       report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
                                    self.path("trajectories"), self.path("datasets"),
-                                   int(self._judgment_budget()), reflection_tokens)
+                                   int(self._judgment_budget()), reflection_tokens,
+                                   desc=os.path.relpath(out, self.dir))
     with open(os.path.join(out, "eval.json"), "w") as f:
       json.dump(report, f, indent=2)
     return report["splits"]

@@ -259,8 +259,8 @@ def _act_jax_states(tok):
 def test_admissible_alternatives_filter_sample_and_count(tok):
   trajs, states = _act_jax_states(tok)
   cfg = alt_lib.AlternativesConfig(k=3, seed=1)
-  drops = DropLog()
-  alts = alt_lib.admissible_alternatives(states, cfg, drops)
+  drops, notes = DropLog(), DropLog()
+  alts = alt_lib.admissible_alternatives(states, cfg, drops, notes)
   by_id = dict(zip([s.state_id for s in states], alts))
   # "Go to  BED 1" is the expert action up to case and spaces; "go to desk 1" twice.
   assert sorted(by_id["alf-book-2/0"]) == ["go to desk 1", "go to sidetable 1", "look"]
@@ -270,25 +270,26 @@ def test_admissible_alternatives_filter_sample_and_count(tok):
     assert all(parsing.normalize_action(x) != parsing.normalize_action(s.expert_action)
                for x in a)
     assert all(x in s.admissible for x in a)
-  counts = drops.to_dict()
-  assert counts == {
-      "candidate/duplicate": 1,  # the second "go to desk 1"
-      "candidate/equals_expert": 11,  # one per list, plus 2 case/space variants
+  # Dropped: only what is lost. The expert's own action and a repeated one lose nothing.
+  assert drops.to_dict() == {
       "state/no_admissible_list": 1,  # alf-book-2/1
       "state/no_alternatives": 1,  # alf-book-2/2: only expert variants
   }
-  # Nothing vanishes: every listed action is kept, counted, or not drawn (> K).
+  assert notes.to_dict() == {
+      "candidate/duplicate": 1,  # the second "go to desk 1"
+      "candidate/equals_expert": 11,  # one per list, plus 2 case/space variants
+  }
+  # Nothing vanishes: every listed action is kept, noted, or not drawn (> K).
   valid = [len(alt_lib.filter_candidates(s.admissible, s.expert_action, cfg, "",
-                                         DropLog())) if s.admissible else 0
+                                         DropLog(), DropLog())) if s.admissible else 0
            for s in states]
   listed = sum(len(s.admissible or ()) for s in states)
-  cand_drops = sum(v for k, v in counts.items() if k.startswith("candidate/"))
-  assert listed == sum(valid) + cand_drops
+  assert listed == sum(valid) + notes.total
   assert [len(a) for a in alts] == [min(3, v) for v in valid]
   # Seeded: same seed, same draw; another seed, another draw somewhere.
-  assert alt_lib.admissible_alternatives(states, cfg, DropLog()) == alts
+  assert alt_lib.admissible_alternatives(states, cfg, DropLog(), DropLog()) == alts
   other = alt_lib.admissible_alternatives(
-      states, alt_lib.AlternativesConfig(k=3, seed=2), DropLog())
+      states, alt_lib.AlternativesConfig(k=3, seed=2), DropLog(), DropLog())
   assert other != alts
 
 
@@ -310,21 +311,20 @@ def test_policy_alternatives_parse_normalise_dedupe_and_count(tok):
 
   cfg = alt_lib.AlternativesConfig(source="policy", k=5, temperature=0.7,
                                    sample_batch_size=2)
-  drops = DropLog()
-  alts = alt_lib.policy_alternatives(states, sample_fn, tok, CFG, cfg, drops)
+  drops, notes = DropLog(), DropLog()
+  alts = alt_lib.policy_alternatives(states, sample_fn, tok, CFG, cfg, drops, notes)
   assert seen["prompts"] == [prompts.imitation_prompt(tok, s.text, CFG) for s in states]
   assert (seen["n"], seen["temperature"]) == (5, 0.7)
   assert alts[0] == ["go to cabinet 1", "inventory"]  # expert is "go to countertop 1"
-  counts = drops.to_dict()
-  assert counts == {"candidate/equals_expert": 3, "candidate/duplicate": 3,
-                    "candidate/unparseable": 3}
-  # Every sample is either a pair or a counted drop.
-  assert len(states) * cfg.k == sum(map(len, alts)) + drops.total
+  assert drops.to_dict() == {"candidate/unparseable": 3}
+  assert notes.to_dict() == {"candidate/equals_expert": 3, "candidate/duplicate": 3}
+  # Every sample is a pair, a counted drop, or a noted repeat.
+  assert len(states) * cfg.k == sum(map(len, alts)) + drops.total + notes.total
   # Case-sensitive environments keep case variants apart.
   sensitive = alt_lib.policy_alternatives(
       states[:1], sample_fn, tok, CFG,
       alt_lib.AlternativesConfig(source="policy", k=5, case_insensitive=False),
-      DropLog())
+      DropLog(), DropLog())
   assert "Go to cabinet 1" in sensitive[0]
 
 
@@ -333,7 +333,7 @@ def test_policy_sampler_with_wrong_shape_is_an_error(tok):
   cfg = alt_lib.AlternativesConfig(source="policy", k=2)
   with pytest.raises(ValueError, match="expected 2"):
     alt_lib.policy_alternatives(states[:1], lambda p, n, temperature, seed: [["x"]],
-                                tok, CFG, cfg, DropLog())
+                                tok, CFG, cfg, DropLog(), DropLog())
 
 
 def test_policy_hook_is_clear_when_the_sampler_is_missing(monkeypatch):
@@ -394,7 +394,7 @@ def test_parsers_round_trip_the_templates():
 def test_critic_labels_are_balanced_and_point_at_the_expert(tok):
   _, states = _act_jax_states(tok)
   alts = alt_lib.admissible_alternatives(states, alt_lib.AlternativesConfig(k=4),
-                                         DropLog())
+                                         DropLog(), DropLog())
   recs = [r for _, r in examples.critic_records(states, alts, tok, CFG, 0, "admissible")]
   assert len(recs) == sum(map(len, alts)) > 10
   letters = collections.Counter(r["label"] for r in recs)
@@ -521,7 +521,8 @@ def test_build_with_policy_alternatives(tok, tmp_path):
       alt_cfg=alt_lib.AlternativesConfig(source="policy", k=3, sample_batch_size=4))
   assert len(calls) == 4 and len(set(calls)) == 4  # 15 states, a seed per batch
   assert (report.states, report.pairs) == (15, 30)
-  assert report.drops.to_dict() == {"candidate/duplicate": 15}
+  assert report.drops.total == 0  # a repeated sample loses nothing
+  assert report.notes.to_dict() == {"candidate/duplicate": 15}
   critic = builders.load_source(str(tmp_path), "critic_pairs")
   assert len(critic) == 30
   assert {critic[i]["alternative_source"] for i in range(30)} == {b"policy"}

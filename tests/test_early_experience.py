@@ -55,7 +55,8 @@ def simonsays(twx_pool):
   trajs, failures, _ = expert.generate(twx_pool, specs, progress=False)
   assert len(trajs) == 2 and not failures
   states = build_states(trajs, WordTokenizer(), CFG, None, DropLog(), DropLog())
-  alts = alt_lib.admissible_alternatives(states, alt_lib.AlternativesConfig(k=2), DropLog())
+  alts = alt_lib.admissible_alternatives(states, alt_lib.AlternativesConfig(k=2), DropLog(),
+                                         DropLog())
   return trajs, states, {s.state_id: a for s, a in zip(states, alts)}
 
 

@@ -106,9 +106,10 @@ def test_reward_evaluation_and_data_compare_actions_alike(written, gold, same):
                                           admissible=[gold, "look"])])
   acc = rollout.next_action_accuracy(lambda batch: [written] * len(batch), [traj])
   assert acc["accuracy"] == float(same)
-  # Alternatives: a candidate equal to the expert action is dropped.
-  drops = DropLog()
+  # Alternatives: a candidate equal to the expert action is left out (noted, not dropped).
+  drops, notes = DropLog(), DropLog()
   kept = alt_lib.filter_candidates([written, "look"], gold, alt_lib.AlternativesConfig(),
-                                   "s", drops)
+                                   "s", drops, notes)
   assert kept == (["look"] if same else [written, "look"])
-  assert drops.to_dict() == ({"candidate/equals_expert": 1} if same else {})
+  assert notes.to_dict() == ({"candidate/equals_expert": 1} if same else {})
+  assert drops.total == 0

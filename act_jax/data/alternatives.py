@@ -3,8 +3,10 @@
 Two sources. `policy`: K samples from the *initial* model, as in the paper, which
 makes the critic judge the mistakes that model actually makes. `admissible`: K
 valid non-expert actions from the environment's list, for models trained from
-scratch whose samples are noise. Every rejected candidate and every state left
-without one is counted in a `DropLog`.
+scratch whose samples are noise. Every candidate lost (unparseable, empty, not
+admissible) and every state left without one is counted in `drops`; a candidate that
+repeats an action already there (the expert's own, a duplicate) loses nothing and is
+counted in `notes`.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def stable_seed(*parts: Any) -> int:
 
 
 def filter_candidates(candidates: Sequence[str | None], expert: str,
-                      cfg: AlternativesConfig, where: str, drops: DropLog,
+                      cfg: AlternativesConfig, where: str, drops: DropLog, notes: DropLog,
                       admissible: Sequence[str] | None = None) -> list[str]:
   """Distinct non-expert actions, in order, whitespace-normalised.
 
@@ -66,9 +68,9 @@ def filter_candidates(candidates: Sequence[str | None], expert: str,
     if not key:
       drops.drop("candidate/empty", where)
     elif key == expert_key:
-      drops.drop("candidate/equals_expert", where)
+      notes.drop("candidate/equals_expert", where)
     elif key in seen:
-      drops.drop("candidate/duplicate", where)
+      notes.drop("candidate/duplicate", where)
     elif allowed is not None and key not in allowed:
       drops.drop("candidate/not_admissible", where)
     else:
@@ -78,7 +80,7 @@ def filter_candidates(candidates: Sequence[str | None], expert: str,
 
 
 def admissible_alternatives(states: Sequence[State], cfg: AlternativesConfig,
-                            drops: DropLog) -> list[list[str]]:
+                            drops: DropLog, notes: DropLog) -> list[list[str]]:
   """Up to K valid non-expert actions per state, drawn by a per-state seeded RNG."""
   out = []
   for s in states:
@@ -86,7 +88,7 @@ def admissible_alternatives(states: Sequence[State], cfg: AlternativesConfig,
       drops.drop("state/no_admissible_list", s.state_id)
       out.append([])
       continue
-    cands = filter_candidates(s.admissible, s.expert_action, cfg, s.state_id, drops)
+    cands = filter_candidates(s.admissible, s.expert_action, cfg, s.state_id, drops, notes)
     rng = np.random.default_rng(stable_seed(cfg.seed, s.state_id))
     picked = sorted(rng.choice(len(cands), size=min(cfg.k, len(cands)),
                                replace=False)) if cands else []
@@ -98,7 +100,7 @@ def admissible_alternatives(states: Sequence[State], cfg: AlternativesConfig,
 
 def policy_alternatives(states: Sequence[State], sample_fn: SampleFn,
                         tokenizer: Any, prompt_cfg: prompts.PromptConfig,
-                        cfg: AlternativesConfig, drops: DropLog,
+                        cfg: AlternativesConfig, drops: DropLog, notes: DropLog,
                         on_batch: Callable[[int], None] | None = None,
                         ) -> list[list[str]]:
   """K samples per state from the initial policy, given the imitation prompt.
@@ -123,7 +125,7 @@ def policy_alternatives(states: Sequence[State], sample_fn: SampleFn,
                          f"{s.state_id}, expected {cfg.k}")
       cands = [parsing.parse_action(c, prompt_cfg.action_pattern) for c in completions]
       alts = filter_candidates(
-          cands, s.expert_action, cfg, s.state_id, drops,
+          cands, s.expert_action, cfg, s.state_id, drops, notes,
           admissible=s.admissible if cfg.require_admissible else None)
       if not alts:
         drops.drop("state/no_alternatives", s.state_id)

@@ -5,7 +5,8 @@
 
 Writes OUT/critic_pairs/1.1.0 and OUT/imitation_pairs/1.1.0 (array_record, read
 with `builders.load_source`) and OUT/build_report.json; prints what was dropped
-and why, then `trajectories=N states=N pairs=N dropped=N`.
+(lost) and why, what was noted (nothing lost: e.g. the expert's own action among the
+candidates), then `trajectories=N states=N pairs=N dropped=N`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ FORMAT_VERSION = 1
 
 @dataclasses.dataclass
 class BuildReport:
+  """What a build made; `drops` counts what was lost, `notes` what was left out or
+  flagged without loss (build_report.json: "dropped" is `drops.total`)."""
   trajectories: int
   states: int
   pairs: int
@@ -102,13 +105,13 @@ def build_datasets(trajectories: Sequence[Trajectory], tokenizer: Any,
   states = build_states(trajectories, tokenizer, prompt_cfg, max_state_tokens,
                         drops, notes, progress)
   if alt_cfg.source == "admissible":
-    alts = alt_lib.admissible_alternatives(states, alt_cfg, drops)
+    alts = alt_lib.admissible_alternatives(states, alt_cfg, drops, notes)
   elif alt_cfg.source == "policy":
     if sample_fn is None:
       raise ValueError("alternatives from the policy need a sample_fn")
     with tqdm.tqdm(total=len(states), desc="sampling", disable=not progress) as bar:
       alts = alt_lib.policy_alternatives(states, sample_fn, tokenizer, prompt_cfg,
-                                         alt_cfg, drops, on_batch=bar.update)
+                                         alt_cfg, drops, notes, on_batch=bar.update)
   else:
     raise ValueError(f"unknown alternatives source {alt_cfg.source!r}")
   pairs = sum(len(a) for a in alts)
@@ -205,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> BuildReport:
       f"{k} -> {v}" for k, v in report.dirs.items()))
   print("dropped, by reason:\n" + drops.summary())
   if report.notes.total:
-    print("notes (kept):\n" + report.notes.summary())
+    print("noted, nothing lost:\n" + report.notes.summary())
   print(report.line())
   return report
 

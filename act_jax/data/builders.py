@@ -52,6 +52,15 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     yield from self._records
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded
+  # and prepared to ..." to stdout for every build; these builders download nothing,
+  # and the step that writes them reports what it wrote.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
 
 class CriticPairs(_RecordsBuilder):
   """ACT stage 2: which of two actions is better; label = the expert's letter."""

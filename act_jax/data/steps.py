@@ -98,8 +98,7 @@ def make_datasets(c: ml_collections.ConfigDict, out: str, traj_dir: str, tok_dir
     rep = build_lib.build_datasets(trajs, tok, os.path.join(out, name), prompt_cfg=pcfg,
                                    alt_cfg=alt, max_state_tokens=c.data.max_state_tokens,
                                    sample_fn=sample_fn)
-    lines.append(f"{name}: trajectories={rep.trajectories} states={rep.states} "
-                 f"pairs={rep.pairs} dropped={rep.drops.total}")
+    lines.append(f"{name}: {rep.line()}")
   return "; ".join(lines)
 
 

@@ -121,29 +121,24 @@ class EpisodeResult:
 
 
 def run_episodes(policy: Policy, pool: EnvPool, specs: Sequence[EpisodeSpec], max_steps: int,
-                 progress: bool = False) -> list[EpisodeResult]:
+                 progress: Callable[[int], None] | None = None) -> list[EpisodeResult]:
   """Runs one episode per spec, up to max_steps actions each; results in spec order.
 
   Every free env takes the next pending spec; each tick calls the policy once on all
-  live episodes, then steps their envs together.
+  live episodes, then steps their envs together. `progress(1)` as each episode ends.
   """
   n = len(pool)
   pending = list(enumerate(specs))[::-1]
   results: list[EpisodeResult | None] = [None] * len(specs)
   live: list[dict[str, Any] | None] = [None] * n
-  bar = None
-  if progress:
-    import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm.tqdm(total=len(specs), desc="episodes")
-
   def finish(slot: int) -> None:
     ep = live[slot]
     results[ep["index"]] = EpisodeResult(
         spec=ep["spec"], success=ep["ts"].success, score=ep["ts"].score, steps=len(ep["history"]),
         invalid_actions=ep["invalid"], actions=[a for _, a in ep["history"]])
     live[slot] = None
-    if bar is not None:
-      bar.update(1)
+    if progress is not None:
+      progress(1)
 
   while True:
     fill: list[EpisodeSpec | None] = [None] * n
@@ -181,8 +176,6 @@ def run_episodes(policy: Policy, pool: EnvPool, specs: Sequence[EpisodeSpec], ma
       ep["ts"] = ts
       if ts.done or len(ep["history"]) >= max_steps:
         finish(s)
-  if bar is not None:
-    bar.close()
   return results  # type: ignore[return-value]
 
 
@@ -222,7 +215,7 @@ def summarize(results: Sequence[EpisodeResult], keep_episodes: bool = False) -> 
 
 def evaluate(policy: Policy, pool: EnvPool, splits: Mapping[str, Sequence[EpisodeSpec]],
              max_steps: int, keep_episodes: bool = False,
-             progress: bool = False) -> dict[str, dict[str, Any]]:
+             progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
   """{split: summary} for a policy over each split's episodes (see `summarize`)."""
   return {name: summarize(run_episodes(policy, pool, specs, max_steps, progress), keep_episodes)
           for name, specs in splits.items()}
@@ -250,7 +243,8 @@ def expert_states(trajectories: Iterable[Trajectory]) -> list[tuple[PolicyInput,
 
 def next_action_accuracy(policy: Policy, trajectories: Iterable[Trajectory],
                          batch_size: int = 64, max_states: int | None = None,
-                         seed: int = 0) -> dict[str, Any]:
+                         seed: int = 0, progress: Callable[[int], None] | None = None
+                         ) -> dict[str, Any]:
   """Fraction of held-out expert states where the policy picks the expert action.
 
   For a scoring policy (rank admissible actions by likelihood) or a generative one;
@@ -273,6 +267,8 @@ def next_action_accuracy(policy: Policy, trajectories: Iterable[Trajectory],
     for (x, gold, _), a in zip(chunk, actions):
       hits.append(normalize_action(a) == normalize_action(gold))
       admissible += normalize_action(a) in {normalize_action(b) for b in x.admissible}
+    if progress is not None:
+      progress(len(chunk))
   n, correct = len(states), int(sum(hits))
   ci = stats.cluster_bootstrap_ci(hits, [k for _, _, k in states], seed=seed)
   return {"states": n, "correct": correct, "accuracy": correct / n if n else 0.0,
@@ -298,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   import argparse
   import json
 
+  from act_jax.console import Progress
   from act_jax.envs.splits import DEFAULT_SPLITS, eval_episodes, twx_splits
   p = argparse.ArgumentParser(description="Evaluate a baseline policy on the eval splits.")
   p.add_argument("--env", choices=["twx", "scienceworld"], default="twx")
@@ -319,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       policy: Policy = OraclePolicy(collect_gold(pool, [s for v in episodes.values() for s in v]))
     else:
       policy = RandomPolicy(args.seed)
-    results = evaluate(policy, pool, episodes, args.max_steps, progress=True)
+    with Progress(sum(map(len, episodes.values())), "episodes") as bar:
+      results = evaluate(policy, pool, episodes, args.max_steps, progress=bar.update)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=1)
