@@ -43,6 +43,9 @@ def base() -> ml_collections.ConfigDict:
       # What the stage trains: "all", or "top:K" (the top K layers and the final norm;
       # the embeddings and the layers below frozen: act_jax.trainable).
       trainable="all",
+      # Supervised records mixed into every step against forgetting (data.replay): how
+      # many per step (0: none) and the weight of their mean CE beside the stage's loss.
+      replay_batch_size=0, replay_weight=1.0,
       # Stop after this many non-finite (skipped) updates in a row; 0 never stops.
       max_nonfinite=5,
       # Per-device peak TFLOP/s for the logged MFU (e.g. 989 H100 bf16 dense, 459 TPU
@@ -76,6 +79,16 @@ def critic() -> ml_collections.ConfigDict:
 def grpo(**overrides: Any) -> ml_collections.ConfigDict:
   """A GRPO section: `GRPOSection`'s defaults with `overrides` (checked)."""
   return GRPOSection.from_config(overrides, "config.grpo").to_config()
+
+
+def stage(**fields: Any) -> ml_collections.ConfigDict:
+  """A pipeline stage section (`StageSection`, checked) with every field present, unset
+  ones None, so that any of them can be set from the command line
+  (`--config.stages.act.replay_batch_size=16`); `grpo` only when given."""
+  out = StageSection.from_config(fields, "config.stages.<stage>").to_config()
+  if "grpo" not in fields:
+    del out["grpo"]
+  return out
 
 
 def judgment_reward() -> ml_collections.ConfigDict:
@@ -122,10 +135,12 @@ class Section:
   def to_config(self) -> ml_collections.ConfigDict:
     """As a ConfigDict; a None field keeps its type, so the command line can set it."""
     hints = {k: _base_type(h) for k, h in typing.get_type_hints(type(self)).items()}
-    return ml_collections.ConfigDict({
-        f.name: placeholder(typing.get_origin(hints[f.name]) or hints[f.name])
-        if getattr(self, f.name) is None else getattr(self, f.name)
-        for f in dataclasses.fields(self)})
+    def value(name: str) -> Any:
+      v = getattr(self, name)
+      if v is None:
+        return placeholder(typing.get_origin(hints[name]) or hints[name])
+      return v.to_config() if isinstance(v, Section) else v
+    return ml_collections.ConfigDict({f.name: value(f.name) for f in dataclasses.fields(self)})
 
 
 def _base_type(hint: Any) -> Any:
@@ -240,6 +255,8 @@ class StageSection(Section):
   warmup_steps: int | None = None
   schedule: str | None = None
   trainable: str | None = None  # train.trainable for this stage
+  replay_batch_size: int | None = None  # train.replay_*: θ0's random-play action records
+  replay_weight: float | None = None  # mixed into every step (pipeline.replay)
   grpo: GRPOSection | None = None  # the GRPO stages' (act, rl) own section
   rollouts_per_game: int | None = None  # base: random-play episodes of the format warm-up
   lm_loss: bool | None = None  # base: also the LM loss on the env's text
@@ -251,6 +268,8 @@ class StageSection(Section):
     yield from (at_least(f, 0) for f in ("steps", "eval_every", "lr", "warmup_steps",
                                          "rollouts_per_game"))
     yield at_least("batch_size", 1)
+    yield at_least("replay_batch_size", 0)
+    yield at_least("replay_weight", 0)
     yield "schedule", self.schedule in (None, *step.SCHEDULES), f"one of {step.SCHEDULES}"
 
 

@@ -43,6 +43,7 @@ import optax
 
 from act_jax import (checkpoint, config_lib, console, flops, metrics as metrics_lib, models,
                      params as params_lib, sharding, step as step_lib)
+from act_jax.data.replay import Replay
 from act_jax.trainable import Trainable
 
 log = logging.getLogger(__name__)
@@ -180,9 +181,11 @@ def optimizer_config(config: ml_collections.ConfigDict, stage: Stage) -> dict[st
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
-        init_params: models.Params | None = None, ctx: Context | None = None
-        ) -> step_lib.TrainState:
-  """Trains `stage` for `config.train.steps` steps, resuming from `workdir` if possible."""
+        init_params: models.Params | None = None, ctx: Context | None = None,
+        replay: Replay | None = None) -> step_lib.TrainState:
+  """Trains `stage` for `config.train.steps` steps, resuming from `workdir` if possible.
+
+  `replay`: supervised records mixed into every step (`act_jax.data.replay`)."""
   config_lib.validate(config)
   ctx = ctx or build_context(config)
   tc = config.train
@@ -195,6 +198,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
     raise ValueError(f"{stage.name}: config.train.batch_size={tc.batch_size} is not divisible "
                      f"by the {shard_count} data shards of the mesh (process row blocks)")
   batches = stage.batches(shard_index, shard_count)
+  parts = tc.accum_steps * stage.updates_per_batch
+  if replay is not None and (replay.batch_size // shard_count) % parts:
+    raise ValueError(f"{stage.name}: config.train.replay_batch_size={replay.batch_size} per "
+                     f"data shard is not divisible into {parts} microbatches "
+                     "(accum_steps x GRPO's updates_per_batch)")
   saved_config = {"experiment": config.to_dict(), "model": ctx.model_cfg.to_dict(),
                   "stage": stage.name}
 
@@ -231,6 +239,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
       for step in range(start + 1, tc.steps + 1):
         t0 = time.perf_counter()
         batch, host_metrics = stage.prepare(ctx, state, next(batches))
+        if replay is not None:
+          batch = {**batch, **replay.batch(step, shard_index, shard_count)}
         if step_fn is None:
           batch_sh = {k: sharding.batch_sharding(ctx.mesh, np.ndim(v)) for k, v in batch.items()}
           step_fn = sharding.jit_step(

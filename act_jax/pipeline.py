@@ -37,7 +37,7 @@ import numpy as np
 
 from act_jax import cached_eval, config_lib, evaluation, loop, metrics, params as params_lib
 from act_jax import results as results_lib, stages, workflow
-from act_jax.data import branches as branches_lib, builders, controls
+from act_jax.data import branches as branches_lib, builders, controls, replay as replay_lib
 from act_jax.data import early_experience as ee, examples, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.splits import make_pool
@@ -74,7 +74,8 @@ def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_coll
   sc = c.stages[stage]
   s.seed = seed
   given = lambda keys: {k: sc[k] for k in keys if sc.get(k) is not None}  # None keeps theirs
-  s.train.update(given(("steps", "batch_size", "eval_every", "trainable")))
+  s.train.update(given(("steps", "batch_size", "eval_every", "trainable", "replay_batch_size",
+                        "replay_weight")))
   s.optim.update(given(("lr", "warmup_steps", "schedule")))
   if stage in ("act", "rl"):
     if "grpo" not in sc:
@@ -219,8 +220,15 @@ class Pipeline:
           lambda r: json.dumps({k: r[k] for k in ("episodes", "failed_replays", "branched_states",
                                                   "states_skipped", "branches", "wall_s")}),
           config=[c.env.to_dict()])
+    base_deps = {"tokenizer": st["tokenizer"]}
+    if not c.pipeline.model_dir:  # from scratch: θ0 is a warm-up on random play
+      st["random_play"] = base_deps["random_play"] = workflow.run_step(
+          "random_play", self.path("random_play"), {"tokenizer": st["tokenizer"]},
+          lambda d: data_steps.make_random_play(c, d, self.path("tokenizer")), lambda s: s,
+          config=[c.env.to_dict(), c.stages.base.rollouts_per_game, c.seed,
+                  c.prompts.to_dict(), c.data.max_state_tokens])
     st["base"] = workflow.run_step(
-        "base", self.path("base"), {"tokenizer": st["tokenizer"]}, self.train_base,
+        "base", self.path("base"), base_deps, self.train_base,
         config=stage_fingerprint(c, "base", c.seed))
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
     for seed in range(c.pipeline.seeds):
@@ -232,6 +240,8 @@ class Pipeline:
           key = chain_key(seed, CHAINS[v][:i + 1])
           if key not in st:
             deps = {"from": st[prev], "datasets": st["datasets"]}
+            if stage_config(c, stage, seed).train.replay_batch_size:
+              deps["random_play"] = st["random_play"]
             if stage in EARLY_EXPERIENCE:
               deps["branches"] = st["branches"]
             st[key] = workflow.run_step(
@@ -261,7 +271,8 @@ class Pipeline:
     if c.pipeline.model_dir:
       self._save_params(out, self.params_of(c.pipeline.model_dir))
       return "imported " + c.pipeline.model_dir
-    recs = data_steps.format_records(c, self.tok)
+    recs = data_steps.format_records(data_steps.load_random_play(self.path("random_play")),
+                                     c.stages.base.get("lm_loss", False))
     sc = stage_config(c, "base", c.seed)
     loop.run(sc, out, stages.make("base", sc, train_source=recs, pad_id=self._pad()),
              ctx=self.ctx)
@@ -304,8 +315,21 @@ class Pipeline:
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
                     pad_id=self._pad(), answers=answers,
                     action_ids=examples.action_ids(self.tok, data_steps.prompt_config(self.c)))
-    loop.run(sc, out, s, init_params=init, ctx=self.ctx)
+    loop.run(sc, out, s, init_params=init, ctx=self.ctx, replay=self.replay(sc, seed))
     return f"{stage} seed {seed}"
+
+  def replay(self, sc: ml_collections.ConfigDict, seed: int) -> replay_lib.Replay | None:
+    """The stage's replay of θ0's random-play *action* records (`data.replay`): the
+    action format, with random admissible actions, nothing about which one is right."""
+    n = sc.train.replay_batch_size
+    if n == 0:
+      return None
+    if self.c.pipeline.model_dir:
+      raise ValueError("config.stages.<stage>.replay_batch_size: replay needs θ0's "
+                       "random-play records, which only a from-scratch run has "
+                       "(config.pipeline.model_dir is set)")
+    recs = data_steps.load_random_play(self.path("random_play"), kind="action")
+    return replay_lib.Replay(recs, n, sc.train.replay_weight, seed, self._pad())
 
   def early_experience_records(self, stage: str, init: Any, out: str) -> list[dict[str, Any]]:
     """The ee_iwm / ee_sr stage's records from the branching rollouts. A pretrained θ0

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from act_jax import losses
+from act_jax.data import replay
 from act_jax.models import Params, decoder, positions_from_mask
 from act_jax.trainable import Trainable
 
@@ -71,7 +72,10 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
                  trainable: Trainable = Trainable()) -> Callable:
   """`(train, frozen, batch) -> ((loss_sum, (denom, metrics)), grads of train)`.
 
-  With a frozen prefix the loss sees a model of the layers above it, fed the prefix's
+  A batch with `replay_*` fields (`act_jax.data.replay`) adds their weighted mean
+  action cross-entropy to the loss's (scaled by its denominator, so the step's mean
+  is the loss's mean + weight x the replay's; exact without accumulation, per
+  microbatch with it). With a frozen prefix the loss sees a model of the layers above it, fed the prefix's
   output as `batch["prefix"]`: from the batch when a stage cached it
   (`act_jax.data.prefix_cache`), else computed here from `frozen`, which is not
   differentiated, so no gradient flows below the first trainable layer.
@@ -79,6 +83,10 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
   loss_fn = losses.get(loss_name)
 
   def micro_loss(train, frozen, mb):
+    mb, rep = replay.split(mb)
+    if rep is not None and trainable.frozen_prefix:
+      raise ValueError("config.train.replay_batch_size > 0 needs config.train.trainable="
+                       "'all': replayed records carry no frozen-prefix activations")
     if "prefix" in mb and not trainable.frozen_prefix:
       raise ValueError("the batch carries cached prefix activations, but "
                        "config.train.trainable='all' trains every layer under them")
@@ -93,6 +101,11 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
       x = decoder.prefix(model.cfg, frozen, tokens, positions_from_mask(mask), mask)
       mb = {**mb, "prefix": jax.lax.stop_gradient(x.reshape(*shape, -1))}
     total, denom, metrics = loss_fn(model, mb, loss_cfg)
+    if rep is not None:  # + weight x the replayed records' mean CE (data.replay)
+      r_total, r_denom, _ = losses.get("action_ce")(model, rep)
+      r_mean = r_total / jnp.maximum(r_denom, 1.0)
+      total = total + rep["weight"][0] * r_mean * jax.lax.stop_gradient(denom)
+      metrics = {**metrics, "replay_loss": jax.lax.stop_gradient(r_mean)}
     return total, (denom, metrics)
 
   return jax.value_and_grad(micro_loss, has_aux=True)

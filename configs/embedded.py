@@ -49,14 +49,15 @@ def get_config():
   # The critic (act) and next-action RL (rl) stages each have their own GRPO section.
   g = dict(group_size=4, max_new_tokens=10, beta=0.0, eval_batch_size=64)
   c.stages = ml_collections.ConfigDict(dict(
-      base=dict(steps=150, batch_size=16, lr=3e-3, warmup_steps=5, rollouts_per_game=40,
-                lm_loss=True),
-      act=dict(steps=150, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
-              grpo=config_lib.grpo(**g)),
-      il=dict(steps=200, batch_size=16, lr=3e-3, warmup_steps=5),
-      rl=dict(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
-              grpo=config_lib.grpo(**g))))
+      base=config_lib.stage(steps=150, batch_size=16, lr=3e-3, warmup_steps=5,
+                            rollouts_per_game=40, lm_loss=True),
+      act=config_lib.stage(steps=150, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
+                           grpo=config_lib.grpo(**g)),
+      il=config_lib.stage(steps=200, batch_size=16, lr=3e-3, warmup_steps=5),
+      rl=config_lib.stage(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, eval_every=0,
+                          grpo=config_lib.grpo(**g))))
   c.eval = ml_collections.ConfigDict(dict(modes=("rank", "generate"), episodes_per_game=10,
+                                          reflection_max_new_tokens=256,
                                           heldout_states=140, critic_pairs=400))
   c.checkpoint.async_save = False
   return c

@@ -5,12 +5,14 @@
   datasets      critic pairs + imitation examples (TFDS array_record), held-out pairs
   branches      what each critic alternative does in the env (the Early Experience
                 baselines only: `act_jax.data.branches`)
+  random_play   format examples from random play (from scratch only), which the base
+                step's warm-up trains on (`format_records`) and a stage may replay
 
-and the format warm-up's records from random play (`format_records`), which the base
-step trains on. Nothing here trains: `act_jax.pipeline` wires these steps together.
+Nothing here trains: `act_jax.pipeline` wires these steps together.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -139,8 +141,11 @@ def random_rollouts(c: ml_collections.ConfigDict, n_per_game: int) -> list[tuple
   return recorded
 
 
-def format_records(c: ml_collections.ConfigDict, tok: Any) -> list[dict[str, Any]]:
-  """Warm-up examples from random play: action and answer *formats*, random content."""
+def random_play_records(c: ml_collections.ConfigDict, tok: Any) -> list[dict[str, Any]]:
+  """Format examples from random play, the loss on each target only: action prompts ->
+  the random admissible action taken (`kind` "action"), critic prompts over two random
+  admissible actions -> a random letter (`kind` "critic"). Formats, random content:
+  nothing in them says which action is right."""
   pcfg = prompt_config(c)
   rng = np.random.default_rng(c.seed)
   states = []
@@ -148,8 +153,8 @@ def format_records(c: ml_collections.ConfigDict, tok: Any) -> list[dict[str, Any
     traj = x.to_trajectory()
     traj.steps[-1].action = a
     states.append(trajectory_states(traj, f"random/{i}", tok, pcfg, c.data.max_state_tokens)[-1])
-  recs = [r for _, r in examples.imitation_records(states, tok, pcfg)]
-  # Critic format: two random admissible actions, a random letter as the "answer".
+  recs = [{"kind": "action", "state_id": r["state_id"], "input_ids": r["input_ids"],
+           "loss_mask": r["loss_mask"]} for _, r in examples.imitation_records(states, tok, pcfg)]
   alts = []
   for s in states:
     others = [b for b in (s.admissible or ()) if b != s.expert_action]
@@ -160,13 +165,44 @@ def format_records(c: ml_collections.ConfigDict, tok: Any) -> list[dict[str, Any
     ans = np.asarray(tok(prompts_lib.answer_text(letter, pcfg), add_special_tokens=False)
                      ["input_ids"] + [eos], np.int32)
     p = np.asarray(r["prompt_ids"], np.int32)
-    recs.append({"state_id": r["state_id"], "input_ids": np.concatenate([p, ans]),
+    recs.append({"kind": "critic", "state_id": r["state_id"], "input_ids": np.concatenate([p, ans]),
                  "loss_mask": np.concatenate([np.zeros_like(p), np.ones_like(ans)])})
-  if c.stages.base.get("lm_loss", False):
-    # Language modelling on the whole random-play text as well: predicting "You take
-    # the papaya." after a random "take papaya" grows the copy (token-equality)
-    # circuits that judging "which action matches the instruction" needs, without
-    # ever showing which action is right.
-    for r in recs:
-      r["loss_mask"] = np.ones_like(r["loss_mask"])
   return recs
+
+
+def make_random_play(c: ml_collections.ConfigDict, out: str, tok_dir: str) -> str:
+  """`out`/records.jsonl: `random_play_records`, which the base step's format warm-up
+  trains on and a stage's `replay` mixes in (`data.replay`)."""
+  recs = random_play_records(c, load_tokenizer(tok_dir))
+  with open(os.path.join(out, "records.jsonl"), "w") as f:
+    for r in recs:
+      f.write(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
+                          for k, v in r.items()}) + "\n")
+  kinds = collections.Counter(r["kind"] for r in recs)
+  return " ".join(f"{k}_records={n}" for k, n in sorted(kinds.items()))
+
+
+def load_random_play(out: str, kind: str | None = None) -> list[dict[str, Any]]:
+  """The random-play records (of one `kind`, or all), token fields as arrays."""
+  recs = []
+  with open(os.path.join(out, "records.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if kind is None or r["kind"] == kind:
+        recs.append({**r, "input_ids": np.asarray(r["input_ids"], np.int32),
+                     "loss_mask": np.asarray(r["loss_mask"], np.int32)})
+  return recs
+
+
+def format_records(records: list[dict[str, Any]], lm_loss: bool) -> list[dict[str, Any]]:
+  """The base step's warm-up examples: the random-play records, with `lm_loss` the loss
+  on their whole text.
+
+  Language modelling on the random-play text as well: predicting "You take the
+  papaya." after a random "take papaya" grows the copy (token-equality) circuits that
+  judging "which action matches the instruction" needs, without ever showing which
+  action is right.
+  """
+  if not lm_loss:
+    return records
+  return [{**r, "loss_mask": np.ones_like(r["loss_mask"])} for r in records]

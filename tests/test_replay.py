@@ -1,0 +1,72 @@
+"""Replay (`act_jax.data.replay`): records mixed into another stage's steps.
+
+References: the step's loss and gradient against the stage's own loss plus weight x
+the replayed records' mean cross-entropy, each computed alone on the plain forward.
+"""
+import jax
+import numpy as np
+import pytest
+
+from act_jax import losses, models, step as step_lib
+from act_jax.data import pipeline as data_pipeline, replay
+from act_jax.trainable import Trainable
+
+CFG = models.ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+def records(n: int, seed: int) -> list[dict]:
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    ids = rng.integers(1, CFG.vocab_size, rng.integers(8, 20)).astype(np.int32)
+    lm = np.zeros(len(ids), np.int32)
+    lm[-3:] = 1
+    out.append({"input_ids": ids, "loss_mask": lm, "state_id": f"r{i}"})
+  return out
+
+
+def test_replay_batches_are_seeded_and_split_over_shards():
+  r = replay.Replay(records(20, 0), batch_size=8, weight=0.5, seed=3, pad_id=0)
+  a, b = r.batch(5), r.batch(5)
+  assert all(np.array_equal(a[k], b[k]) for k in a)  # a resumed run replays the same
+  assert not np.array_equal(a["replay_tokens"], r.batch(6)["replay_tokens"])
+  halves = [r.batch(5, i, 2) for i in range(2)]
+  for k in ("replay_tokens", "replay_target_index"):
+    np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), a[k])
+  np.testing.assert_array_equal(a["replay_weight"], 0.5)
+  with pytest.raises(ValueError, match=r"replay_batch_size=21: must be in \[1, 20\]"):
+    replay.Replay(records(20, 0), batch_size=21, weight=1.0, seed=0, pad_id=0)
+
+
+def test_step_adds_the_weighted_replay_loss():
+  """loss = own mean + w x replay mean, and its gradient is theirs, from one batch."""
+  params = models.init_params(CFG, 0)
+  gdef = models.graphdef(CFG)
+  own = data_pipeline.collate(records(4, 1), 32, 0, "supervised")
+  rep = replay.Replay(records(10, 2), batch_size=4, weight=0.3, seed=0, pad_id=0).batch(1)
+  grad_fn = jax.jit(step_lib.make_grad_fn(gdef, "action_ce"))
+  frozen = Trainable().split(params)[1]
+  (total, (denom, metrics)), grads = grad_fn(params, frozen, {**own, **rep})
+
+  def mean(p, b):
+    t, d, _ = losses.get("action_ce")(models.merge(gdef, p), b)
+    return t / d
+
+  unprefixed = replay.split(rep)[1]
+  want = lambda p: mean(p, own) + 0.3 * mean(p, unprefixed)
+  np.testing.assert_allclose(total / denom, want(params), rtol=1e-5)
+  np.testing.assert_allclose(metrics["replay_loss"], mean(params, unprefixed), rtol=1e-5)
+  ref = jax.grad(want)(params)
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(np.asarray(g) / denom, r, rtol=1e-4, atol=1e-6)
+
+
+def test_replay_is_refused_under_a_frozen_prefix():
+  params = models.init_params(CFG, 0)
+  t = Trainable.parse("top:1", CFG.num_layers)
+  own = data_pipeline.collate(records(4, 1), 32, 0, "supervised")
+  rep = replay.Replay(records(10, 2), batch_size=4, weight=1.0, seed=0, pad_id=0).batch(1)
+  grad_fn = step_lib.make_grad_fn(models.graphdef(CFG), "action_ce", trainable=t)
+  with pytest.raises(ValueError, match=r"replay_batch_size > 0 needs config\.train\.trainable"):
+    grad_fn(*t.split(params), {**own, **rep})
