@@ -50,8 +50,8 @@ per step, so
 
 Layers run unrolled (`scan_layers=False`, not ModelConfig's default scan): measured
 on this shape with `--scan both`, see benchmarks/README.md. Printed: the fp32
-2048^3 matmul peak (train_step.measure_matmul_peak, as Tunix's script measures it),
-the table, `ratio_vs_tunix=<il/all tok/s / Tunix tok/s>` and, last,
+2048^3 matmul peak (as Tunix's script measures it) and the read bandwidth
+(benchmarks/machine.py), the table, `ratio_vs_tunix=<il/all tok/s / Tunix tok/s>` and, last,
 `speedup_vs_full=<il/top:4+cache tok/s / il/all tok/s>`.
 """
 from __future__ import annotations
@@ -82,10 +82,10 @@ from act_jax import config_lib, loop, models, presets, rewards, sharding, stages
 from act_jax import params as params_lib, step as step_lib  # noqa: E402
 from act_jax.data import pipeline, prefix_cache  # noqa: E402
 from act_jax.models import decoder  # noqa: E402
-from act_jax.sampling import CompileCounter  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
 from act_jax.trainable import Trainable  # noqa: E402
-from train_step import OPTIM, measure_matmul_peak, memory_analysis  # noqa: E402  (benchmarks/)
+from machine import describe, measure_machine, timed_steps  # noqa: E402  (benchmarks/)
+from train_step import OPTIM, memory_analysis  # noqa: E402  (benchmarks/)
 
 PRESET = "smollm2-135m"
 ROWS, SEQ, TARGET = 16, 256, 16  # records per step, tokens per record, target tokens
@@ -137,25 +137,10 @@ class Setup:
         self.state_sh, batch_sh, sharding.replicated(self.mesh))
 
 
-def timed(run: Callable, state: Any, steps: int) -> tuple[dict, Any]:
-  """Steps `run(state) -> (seconds, state, metrics)` until one compiles nothing, then
-  `steps` timed steps; the median and what it rests on."""
-  warm = []
-  for _ in range(4):
-    counter = CompileCounter()
-    dt, state, _ = run(state)
-    warm.append({"s": dt, "compiles": counter.count})
-    if counter.count == 0:
-      break
-  counter = CompileCounter()
-  ts, losses = [], []
-  for _ in range(steps):
-    dt, state, m = run(state)
-    ts.append(dt)
-    losses.append(float(m["loss"]))
-  t = statistics.median(ts)
-  return {"step_s_median": t, "step_s_all": ts, "tokens_per_s": ROWS * SEQ / t,
-          "warmup": warm, "losses": losses, "compiles_in_timed_regions": counter.count}, state
+def timed(step: Callable, state: Any, steps: int) -> tuple[dict, Any]:
+  """`machine.timed_steps` (at most 4 warm-up steps) and the tokens per second."""
+  out, state = timed_steps(step, state, steps, max_warmup=4)
+  return {**out, "tokens_per_s": ROWS * SEQ / out["step_s_median"]}, state
 
 
 def il_records(cfg: models.ModelConfig, seed: int = 0) -> list[dict]:
@@ -176,13 +161,7 @@ def bench_update(setup: Setup, params, loss: str, loss_cfg: Any, batch: dict[str
   step = setup.jit_step(loss, loss_cfg, batch).lower(state, dev).compile()
   compile_s = time.perf_counter() - t0
 
-  def run(state):
-    t0 = time.perf_counter()
-    state, m = step(state, dev)
-    jax.block_until_ready((state, m))
-    return time.perf_counter() - t0, state, m
-
-  out, _ = timed(run, state, steps)
+  out, _ = timed(lambda st: step(st, dev), state, steps)
   return {**out, "compile_s": compile_s, "memory": memory_analysis(step)}
 
 
@@ -226,17 +205,14 @@ def bench_critic_grpo(cfg: models.ModelConfig, steps: int) -> dict:
   jitted = {}
 
   def run(state):
-    t0 = time.perf_counter()
     batch, host = stage.prepare(setup.ctx, state, data)
     dev = sharding.shard_batch(batch, setup.mesh)
     if "step" not in jitted:  # compiled ahead, as the il rows, for its memory analysis
       jitted["step"] = setup.jit_step(stage.loss, stage.loss_cfg, batch).lower(
           state, dev).compile()
-    state, m = jitted["step"](state, dev)
-    jax.block_until_ready((state, m))
     run.gen_s.append(host["gen_s"])
     run.rows = batch["tokens"].shape
-    return time.perf_counter() - t0, state, m
+    return jitted["step"](state, dev)
 
   run.gen_s = []
   out, _ = timed(run, state, steps)
@@ -319,9 +295,9 @@ def main() -> None:
          "cpu_count": os.cpu_count(), "jax": jax.__version__,
          "load_avg_start": os.getloadavg(), "layers": cfg.num_layers}
   t_start = time.perf_counter()
-  peak = measure_matmul_peak()
-  print(f"fp32 2048^3 matmul peak {peak['gflops']:.1f} GFLOP/s (best {peak['gflops_best']:.1f})",
-        flush=True)
+  machine = measure_machine()
+  peak = machine["matmul_peak"]
+  print(describe(machine), flush=True)
 
   results: dict[str, dict] = {}
 
@@ -361,8 +337,8 @@ def main() -> None:
   base = results.get("il_all") or results.get("il_all/unrolled")
   print(f"\nFine-tuning step, SmolLM2-135M shape ({cfg.num_layers} layers), {ROWS} x {SEQ} "
         f"tokens ({TARGET}-token targets), fp32, 1 CPU device ({env['cpu_count']} cores), "
-        f"layers {'unrolled' if not scans[0] else 'scanned'}; matmul peak "
-        f"{peak['gflops']:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
+        f"layers {'unrolled' if not scans[0] else 'scanned'}; {describe(machine)}; "
+        f"load average {os.getloadavg()[0]:.1f}")
   hdr = f"{'row':32} {'step s':>8} {'tok/s':>8} {'x il/all':>9} {'XLA temp MiB':>13}"
   print(hdr)
   print("-" * len(hdr))
@@ -383,7 +359,7 @@ def main() -> None:
         + (f", Tunix {tunix['peak_rss_mib']:.0f} MiB" if tunix else "")
         + f"; wall time {wall:.0f}s")
   if args.out:
-    Path(args.out).write_text(json.dumps({"env": env, "matmul_peak": peak, "ours": results,
+    Path(args.out).write_text(json.dumps({"env": env, **machine, "ours": results,
                                           "tunix": tunix, "wall_s": wall},
                                          indent=2, default=str))
   if tunix and base:

@@ -26,7 +26,10 @@ call), XLA's memory analysis of each program and the process peak RSS.
 
 Then runs the Tunix script (google-tunix==0.1.7, in its own virtualenv, created on
 first use at benchmarks/.venv-tunix) with --skip-train, prints both side by side,
-and ends with `ratio_vs_tunix=<our / Tunix greedy decode tok/s, small shape>`.
+and ends with `ratio_vs_tunix=<our / Tunix greedy decode tok/s, small shape>`
+(the line before gives every mode's). The machine's fp32 matmul peak and read
+bandwidth (benchmarks/machine.py) are printed with the table: decoding streams the
+weights once per token, so bandwidth sets its pace.
 """
 from __future__ import annotations
 
@@ -38,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -51,16 +53,11 @@ sys.path.insert(0, str(ROOT))
 
 from act_jax.models import ModelConfig, init_params  # noqa: E402
 from act_jax.sampling import CompileCounter, Sampler, SamplingConfig, core  # noqa: E402
+from machine import describe, measure_machine, time_call as timed  # noqa: E402  (benchmarks/)
 from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
 
 B, P, G, REPS = 8, 64, 64, 3
 TUNIX_PINS = ("google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8")
-
-
-def timed(fn, *args):
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return time.perf_counter() - t0, out
 
 
 def memory(compiled) -> dict:
@@ -202,6 +199,8 @@ def main() -> None:
          "cpu_count": os.cpu_count(), "jax": jax.__version__,
          "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
   print(f"[env] {env}", flush=True)
+  machine = measure_machine()
+  print(f"[machine] {describe(machine)}", flush=True)
   ours = {}
   for name in args.shapes.split(","):
     s = SHAPES[name]
@@ -227,7 +226,8 @@ def main() -> None:
     tunix = run_tunix(python, (ROOT / args.tunix_script).resolve(), args.shapes, args.modes)
 
   print("\nSampler on CPU (fp32, 1 JAX CPU device, "
-        f"{env['cpu_count']} cores): act_jax vs Tunix 0.1.7; tok/s, medians of {REPS}")
+        f"{env['cpu_count']} cores): act_jax vs Tunix 0.1.7; tok/s, medians of {REPS}; "
+        f"{describe(machine)}")
   hdr = (f"{'shape':6} {'mode':11} | {'prefill':>8} {'tunix':>8} {'x':>5} | {'decode':>7} "
          f"{'tunix':>7} {'x':>5} | {'ms/step':>7} {'tunix':>7} | {'e2e s':>6} {'tunix':>6} | "
          f"{'prep ms':>7} | {'XLA temp MiB':>12}")
@@ -248,12 +248,15 @@ def main() -> None:
   print(f"peak RSS: act_jax process {our_rss / 2**20:.0f} MiB"
         + (f", Tunix process {tunix['peak_rss_bytes'] / 2**20:.0f} MiB" if tunix else ""))
   if args.out:
-    Path(args.out).write_text(json.dumps({"env": env, "act_jax": ours, "act_jax_peak_rss": our_rss,
-                                          "tunix": tunix}, indent=2, default=str))
-  if tunix and "small" in ours and "greedy" in ours["small"]["sampler"]:
-    ratio = (ours["small"]["sampler"]["greedy"]["decode_tok_s"]
-             / tunix["shapes"]["small"]["sampler"]["greedy"]["decode_tok_s"])
-    print(f"ratio_vs_tunix={ratio:.3f}")
+    Path(args.out).write_text(json.dumps({"env": env, "machine": machine, "act_jax": ours,
+                                          "act_jax_peak_rss": our_rss, "tunix": tunix},
+                                         indent=2, default=str))
+  if tunix and "small" in ours:
+    ratios = {mode: r["decode_tok_s"] / tunix["shapes"]["small"]["sampler"][mode]["decode_tok_s"]
+              for mode, r in ours["small"]["sampler"].items()}
+    print("small decode vs Tunix: " + ", ".join(f"{m} {x:.3f}" for m, x in ratios.items()))
+    if "greedy" in ratios:
+      print(f"ratio_vs_tunix={ratios['greedy']:.3f}")
 
 
 if __name__ == "__main__":

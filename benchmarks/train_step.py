@@ -63,7 +63,6 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -75,6 +74,7 @@ from act_jax import params as params_lib  # noqa: E402
 from act_jax.losses import grpo  # noqa: E402
 from act_jax.sampling import CompileCounter  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
+from machine import describe, measure_machine, timed_steps  # noqa: E402  (benchmarks/)
 from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
 
 PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 8, 4, 64, 64
@@ -91,24 +91,6 @@ def flops_per_token(s: dict, T: int) -> int:
                           s["intermediate"], s["vocab"])
   n_matmul = L * (D * (2 * H * Dh + 2 * K * Dh) + 3 * D * F) + D * V
   return 6 * n_matmul + 12 * L * H * Dh * T
-
-
-def measure_matmul_peak(n: int = 2048, reps: int = 10) -> dict:
-  """As tunix_baseline.measure_matmul_peak: median of 10 fp32 n^3 matmuls."""
-  ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  for _ in range(3):
-    jax.block_until_ready(f(a, b))
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, b))
-    ts.append(time.perf_counter() - t0)
-  t = statistics.median(ts)
-  return {"n": n, "median_s": t, "gflops": 2 * n**3 / t / 1e9,
-          "gflops_best": 2 * n**3 / min(ts) / 1e9}
 
 
 class Setup:
@@ -157,25 +139,8 @@ def bench_update(s: dict, name: str, scan_layers: bool, peak_gflops: float) -> d
   step = setup.step(batch).lower(state, batch).compile()  # as loop.run: compile, then log memory
   compile_s = time.perf_counter() - t0
 
-  def run(state):
-    t0 = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready((state, m))
-    return time.perf_counter() - t0, state, m
-
-  warm = []
-  for _ in range(3):
-    counter = CompileCounter()
-    dt, state, _ = run(state)
-    warm.append({"s": dt, "compiles": counter.count})
-    if counter.count == 0:
-      break
-  counter = CompileCounter()
-  ts, losses = [], []
-  for _ in range(TIMED_STEPS[name]):
-    dt, state, m = run(state)
-    ts.append(dt)
-    losses.append(float(m["loss"]))
+  r, _ = timed_steps(lambda st: step(st, batch), state, TIMED_STEPS[name], max_warmup=3)
+  ts, losses, warm = r["step_s_all"], r["losses"], r["warmup"]
   t = statistics.median(ts)
   T = PROMPT_LEN + COMPLETION_LEN
   tokens = PROMPTS * GROUP * T
@@ -185,7 +150,8 @@ def bench_update(s: dict, name: str, scan_layers: bool, peak_gflops: float) -> d
           "achieved_gflops": flops / t / 1e9, "mfu_vs_measured_matmul_peak":
           flops / t / 1e9 / peak_gflops, "first_step_s": warm[0]["s"],
           "compile_s": compile_s, "warmup_steps": len(warm), "losses": losses,
-          "compiles_in_timed_regions": counter.count, "memory": memory_analysis(step)}
+          "compiles_in_timed_regions": r["compiles_in_timed_regions"],
+          "memory": memory_analysis(step)}
 
 
 def memory_analysis(compiled) -> dict:
@@ -289,9 +255,10 @@ def main() -> None:
          "devices": [str(d) for d in jax.devices()]}
 
   def measure_ours(label: str) -> dict:
-    peak = measure_matmul_peak()
-    print(f"[ours/{label}] fp32 2048^3 matmul peak {peak['gflops']:.1f} GFLOP/s", flush=True)
-    out: dict = {"matmul_peak": peak}
+    machine = measure_machine()
+    peak = machine["matmul_peak"]
+    print(f"[ours/{label}] {describe(machine)}", flush=True)
+    out: dict = dict(machine)
     for name in shapes:
       for scan in scans:
         kind = "scan" if scan else "unrolled"
@@ -325,8 +292,9 @@ def main() -> None:
           f"reference {e2e['reference_s_median']:.2f}s)", flush=True)
 
   peaks = " / ".join(f"{p['matmul_peak']['gflops']:.1f}" for p in passes)
+  bandwidth = " / ".join(f"{p['bandwidth']['read_gb_s']:.1f}" for p in passes)
   print(f"\nGRPO update step, 32 x 128 tokens, fp32, 1 CPU device ({env['cpu_count']} cores); "
-        f"matmul peak ours {peaks}"
+        f"read bandwidth {bandwidth} GB/s; matmul peak ours {peaks}"
         + (f", Tunix {tunix['matmul_peak']['gflops']:.1f}" if tunix else "") + " GFLOP/s"
         + (f"; ours = mean of {len(passes)} passes around Tunix" if len(passes) > 1 else ""))
   hdr = (f"{'shape':6} {'layers':9} {'step s':>7} {'tok/s':>8} {'MFU':>6} | {'Tunix s':>7} "

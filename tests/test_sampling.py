@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from act_jax import params as params_lib, sharding as shd
 from act_jax.models import ModelConfig, abstract_params, graphdef, merge, positions_from_mask
@@ -243,8 +244,9 @@ def test_sharded_generation_equals_unsharded():
   np.testing.assert_array_equal(out.tokens, ref.tokens)
   np.testing.assert_allclose(out.model_logprobs, ref.model_logprobs, atol=2e-5)
   w = s.prepare(sharded)  # fused weights keep the tensor split of their parts
-  assert w.layers[0]["wqkv"].sharding.spec[1] == "tensor"
-  assert w.layers[0]["w_gu"].sharding.spec[2] == "tensor"
+  # wqkv [K, panels, D, width]: kv heads split; w_gu [2, 1 panel, D, F=80]: columns split.
+  assert w.layers[0]["wqkv"].sharding.spec[0] == "tensor"
+  assert w.layers[0]["w_gu"].sharding.spec == P(None, None, "fsdp", "tensor")
 
 
 # ------------------------------------------------------------------------------ scoring

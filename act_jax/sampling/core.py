@@ -35,7 +35,7 @@ Model = nnx.GraphDef | ModelConfig
 
 class DecodeState(NamedTuple):
   """The loop carry. N = prompts x samples; G = output buffer length."""
-  cache: inference.Cache  # per layer (k, v) [N, K, S, Hd]
+  cache: inference.Cache  # per layer k [N, K, Hd, S], v [N, K, S, Hd]
   kv_mask: jax.Array  # [N, S] bool
   rng: jax.Array  # key; step s draws its noise from (rng, s)
   step: jax.Array  # int32 scalar: tokens generated so far (same for every row)
@@ -231,8 +231,7 @@ def prefill(model: Model, params: Params, prompt_tokens: jax.Array, prompt_mask:
   prompt_lens = jnp.sum(mask, axis=1, dtype=jnp.int32)
   if n > 1:
     rep = lambda x: jnp.repeat(x, n, axis=0)
-    cache = jax.tree.map(lambda c: inference.constrain(rep(c), inference.CACHE_AXES, mesh),
-                         cache)
+    cache = inference.constrain_cache(jax.tree.map(rep, cache), mesh)
     kv_mask, logits, prompt_lens = rep(kv_mask), rep(logits), rep(prompt_lens)
   N = B * n
   rows = lambda shape, value, dtype: _rows(jnp.full(shape, value, dtype), mesh)

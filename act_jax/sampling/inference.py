@@ -9,10 +9,12 @@ re-stacked, at every step. Measured on the small benchmark shape that was
 
 So generation runs on `InferenceWeights`: the same parameters unstacked per layer
 (one copy, made once per parameter version by `prepare`), with q/k/v and gate/up
-fused into one matmul each. The KV cache is a tuple of per-layer `(k, v)` arrays
-`[N, K, S, Hd]` (head-major, so attention reads it without a transpose), updated
-in place in the decode loop's carry. Numerics follow the decoder op for op (tests
-compare logits and greedy tokens against it).
+fused into one matmul each, every matrix stored as column panels (`panels`). The
+KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
+`[N, K, S, Hd]`: head-major, and each laid out as the right-hand matrix of its
+attention dot (q.k contracts Hd, p.v contracts S), so neither is transposed per
+step. It is updated in place in the decode loop's carry. Numerics follow the decoder op for op (tests compare logits and greedy
+tokens against it).
 """
 from __future__ import annotations
 
@@ -28,17 +30,21 @@ from act_jax import sharding as shd
 from act_jax.models import decoder as dec
 from act_jax.models.config import ModelConfig
 
-Cache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer (k, v), each [N, K, S, Hd]
+Cache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer k [N, K, Hd, S], v [N, K, S, Hd]
 
-CACHE_AXES = ("batch", "kv_heads", None, "head_dim")
+K_AXES, V_AXES = ("batch", "kv_heads", "head_dim", None), ("batch", "kv_heads", None, "head_dim")
 _NEG_INF = -1e30  # as the decoder's attention mask
+PANEL = 128  # output columns per weight panel
+SMALL_ROWS = 64  # at most this many rows: one dot per panel (decoding); more: one big dot
+# Panels [..., N/PANEL, D_in, PANEL]. The output's sharding goes on the panel axis, or
+# on the columns when the panels do not divide (a mesh axis is used once).
 _LAYER_AXES = {
     "attn_norm": ("norm",), "mlp_norm": ("norm",), "q_norm": ("norm",), "k_norm": ("norm",),
-    "wqkv": ("embed", "kv_heads", None, "head_dim"),  # [D, K, G+2, Hd]: q group, k, v
+    "wqkv": ("kv_heads", None, "embed", None),  # per kv head: q group, k, v (G+2)*Hd wide
     "bqkv": ("kv_heads", None, "head_dim"),
-    "wo": ("heads", "head_dim", "embed"),
-    "w_gu": ("embed", None, "mlp"),  # [D, 2, F]: gate, up
-    "w_down": ("mlp", "embed"),
+    "wo": ("embed", "heads", "embed"),  # input H*Hd
+    "w_gu": (None, "mlp", "embed", "mlp"),  # gate, up
+    "w_down": ("embed", "mlp", "embed"),
 }
 
 
@@ -48,7 +54,7 @@ class InferenceWeights:
   cfg: ModelConfig = struct.field(pytree_node=False)
   embed: jax.Array  # [V, D]
   final_norm: jax.Array  # [D]
-  lm_head: jax.Array | None  # [D, V] in the compute dtype; None when tied to embed
+  head: jax.Array  # panels of lm_head [D, V] (of embed.T when tied), compute dtype
   layers: tuple[dict[str, jax.Array], ...]
 
 
@@ -58,6 +64,39 @@ def constrain(x: jax.Array, logical: tuple[str | None, ...], mesh: Mesh | None) 
     return x
   spec = shd.spec_for(logical, x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def panels(w: jax.Array) -> jax.Array:
+  """[D_in, ..., N] -> [..., ceil(N / PANEL), D_in, PANEL], zero-padded columns.
+
+  Why: XLA:CPU's dot kernel (YNNPACK, 4 rows x 64 columns per tile) walks the
+  weight matrix down its rows, one 256-byte piece per row at a stride of N
+  floats; that access pattern streams ~8 GB/s where a sequential read reaches
+  ~18. With each panel contiguous the same kernel reads the weights in order.
+  Decoding is bound by reading the weights, so this is most of its speed.
+  """
+  d_in, *lead, n = w.shape
+  width = min(PANEL, n)
+  w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, -n % width)])
+  w = w.reshape(d_in, *lead, -1, width)
+  return jnp.moveaxis(w, 0, -2)
+
+
+def panel_dot(x: jax.Array, p: jax.Array, n: int) -> jax.Array:
+  """x [..., D_in] @ the matrix stored as panels p -> [..., *p.shape[:-3], n]."""
+  *rows, d_in = x.shape
+  x2 = x.reshape(-1, d_in)
+  m, batch = x2.shape[0], p.shape[:-2]
+  if m <= SMALL_ROWS:
+    # One small dot per panel (rows broadcast: a few KiB), each reading its panel in order.
+    xb = jnp.broadcast_to(x2, batch + x2.shape)
+    b = tuple(range(len(batch)))
+    out = jax.lax.dot_general(xb, p, (((xb.ndim - 1,), (p.ndim - 2,)), (b, b)))
+    out = jnp.moveaxis(out, -2, 0)  # [m, ..., panels, PANEL]
+  else:  # compute-bound (a prefill): one large dot, XLA re-assembles the matrix
+    out = jnp.einsum("mk,...kw->m...w", x2, p)
+  out = out.reshape(m, *batch[:-1], -1)[..., :n]
+  return out.reshape(*rows, *batch[:-1], n)
 
 
 def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None) -> InferenceWeights:
@@ -72,37 +111,38 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None) -> Inferenc
   layers = []
   for i in range(cfg.num_layers):
     p = {name: a[i] for name, a in stacked.items()}
+    wqkv = jnp.concatenate([p["wq"].reshape(D, K, G, Hd), p["wk"][:, :, None],
+                            p["wv"][:, :, None]], axis=2)
     w = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
-         "wqkv": jnp.concatenate([p["wq"].reshape(D, K, G, Hd), p["wk"][:, :, None],
-                                  p["wv"][:, :, None]], axis=2).astype(dt),
-         "wo": p["wo"].astype(dt),
-         "w_gu": jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dt),
-         "w_down": p["w_down"].astype(dt)}
+         "wqkv": panels(wqkv.reshape(D, K, (G + 2) * Hd).astype(dt)),
+         "wo": panels(p["wo"].reshape(H * Hd, D).astype(dt)),
+         "w_gu": panels(jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dt)),
+         "w_down": panels(p["w_down"].astype(dt))}
     if cfg.qkv_bias:
       w["bqkv"] = jnp.concatenate([p["bq"].reshape(K, G, Hd), p["bk"][:, None],
                                    p["bv"][:, None]], axis=1).astype(dt)
     if cfg.qk_norm:
       w["q_norm"], w["k_norm"] = p["q_norm"], p["k_norm"]
     layers.append({k: constrain(v, _LAYER_AXES[k], mesh) for k, v in w.items()})
-  head = None if cfg.tie_embeddings else params["lm_head"].astype(dt)
+  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  head = constrain(panels(head.astype(dt)), ("vocab", "embed", "vocab"), mesh)
   return InferenceWeights(cfg=cfg, embed=params["embed"], final_norm=params["final_norm"],
-                          lm_head=head, layers=tuple(layers))
+                          head=head, layers=tuple(layers))
+
+
+def constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
+  return tuple((constrain(k, K_AXES, mesh), constrain(v, V_AXES, mesh)) for k, v in cache)
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int, mesh: Mesh | None = None) -> Cache:
-  shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-  zeros = lambda: constrain(jnp.zeros(shape, cfg.jnp_dtype), CACHE_AXES, mesh)
-  return tuple((zeros(), zeros()) for _ in range(cfg.num_layers))
+  N, K, Hd, dt = batch, cfg.num_kv_heads, cfg.head_dim, cfg.jnp_dtype
+  return constrain_cache(tuple((jnp.zeros((N, K, Hd, slots), dt), jnp.zeros((N, K, slots, Hd), dt))
+                               for _ in range(cfg.num_layers)), mesh)
 
 
 def logits(w: InferenceWeights, h: jax.Array) -> jax.Array:
   """Final hidden states [..., D] -> float32 logits [..., V] (as `Decoder.logits`)."""
-  dt = w.cfg.jnp_dtype
-  if w.lm_head is None:
-    out = jnp.einsum("...d,vd->...v", h, w.embed.astype(dt))
-  else:
-    out = jnp.einsum("...d,dv->...v", h, w.lm_head)
-  return out.astype(jnp.float32)
+  return panel_dot(h, w.head, w.cfg.vocab_size).astype(jnp.float32)
 
 
 def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
@@ -113,7 +153,7 @@ def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
   Args:
     tokens, positions: [N, T].
     kv_mask: [N, S] bool, which cache slots hold real tokens.
-    cache: per-layer (k, v) [N, K, S, Hd].
+    cache: per-layer k [N, K, Hd, S], v [N, K, S, Hd].
     cache_index: slot of tokens[:, 0]. The int 0 (static) marks a prefill into an
       empty cache: attention then reads only the T fresh keys, not all S slots.
   Returns:
@@ -141,7 +181,7 @@ def _layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, mask, ck, cv,
   G = H // K
   eps = cfg.rms_norm_eps
   h = dec.rms_norm(x, p["attn_norm"], eps)
-  qkv = jnp.einsum("ntd,dkch->ntkch", h, p["wqkv"])
+  qkv = panel_dot(h, p["wqkv"], (G + 2) * Hd).reshape(N, T, K, G + 2, Hd)
   if cfg.qkv_bias:
     qkv = qkv + p["bqkv"]
   q, k, v = qkv[:, :, :, :G], qkv[:, :, :, G], qkv[:, :, :, G + 1]
@@ -150,20 +190,19 @@ def _layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, mask, ck, cv,
     k = dec.rms_norm(k, p["k_norm"], eps)
   q = dec.apply_rope(q.reshape(N, T, H, Hd), cos, sin).reshape(N, T, K, G, Hd)
   k = dec.apply_rope(k, cos, sin)
-  k, v = k.transpose(0, 2, 1, 3).astype(ck.dtype), v.transpose(0, 2, 1, 3).astype(cv.dtype)
-  ck = jax.lax.dynamic_update_slice_in_dim(ck, k, cache_index, axis=2)
+  k, v = k.transpose(0, 2, 3, 1).astype(ck.dtype), v.transpose(0, 2, 1, 3).astype(cv.dtype)
+  ck = jax.lax.dynamic_update_slice_in_dim(ck, k, cache_index, axis=3)
   cv = jax.lax.dynamic_update_slice_in_dim(cv, v, cache_index, axis=2)
   keys, values = (k, v) if fresh else (ck, cv)
   # Batch (n, k) leading and outputs in dot_general's natural order, so XLA needs no
-  # transposes (moving the size-1 T axis while decoding is free) and `wo` is read
-  # as the plain [H*Hd, D] matrix it is.
+  # transposes (moving the size-1 T axis while decoding is free).
   q = q.transpose(0, 2, 3, 1, 4)  # [N, K, G, T, Hd]
-  scores = jnp.einsum("nkgth,nksh->nkgts", q, keys).astype(jnp.float32) / math.sqrt(Hd)
+  scores = jnp.einsum("nkgth,nkhs->nkgts", q, keys).astype(jnp.float32) / math.sqrt(Hd)
   scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
   attn = jnp.einsum("nkgts,nksh->nkgth", probs, values).transpose(0, 3, 1, 2, 4)
-  x = x + jnp.einsum("ntf,fd->ntd", attn.reshape(N, T, H * Hd), p["wo"].reshape(H * Hd, -1))
+  x = x + panel_dot(attn.reshape(N, T, H * Hd), p["wo"], cfg.hidden_size)
   h = dec.rms_norm(x, p["mlp_norm"], eps)
-  gu = jnp.einsum("ntd,dcf->ntcf", h, p["w_gu"])
-  x = x + jnp.einsum("ntf,fd->ntd", jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1], p["w_down"])
+  gu = panel_dot(h, p["w_gu"], cfg.intermediate_size)
+  x = x + panel_dot(jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1], p["w_down"], cfg.hidden_size)
   return x, ck, cv

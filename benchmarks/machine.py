@@ -1,0 +1,78 @@
+"""What every benchmark measures the same way: the machine's speeds and a timed call.
+
+The matmul peak and the read bandwidth are printed beside each ratio because they
+decide it: a training step is bound by the first, single-sequence decoding by the
+second (it streams every weight once per token), and both move between machines
+and with the load other jobs put on them.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from act_jax.sampling import CompileCounter
+
+
+def time_call(fn: Callable, *args) -> tuple[float, Any]:
+  """(seconds, output) of one call, ending when every output is ready."""
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t0, out
+
+
+def _median_of(fn: Callable, *args, warmup: int, reps: int) -> tuple[float, list[float]]:
+  for _ in range(warmup):
+    time_call(fn, *args)
+  ts = [time_call(fn, *args)[0] for _ in range(reps)]
+  return statistics.median(ts), ts
+
+
+def measure_matmul_peak(n: int = 2048, reps: int = 10) -> dict:
+  """As tunix_baseline.measure_matmul_peak: median of 10 fp32 n^3 matmuls."""
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  t, ts = _median_of(jax.jit(jnp.matmul), a, b, warmup=3, reps=reps)
+  return {"n": n, "median_s": t, "gflops": 2 * n**3 / t / 1e9,
+          "gflops_best": 2 * n**3 / min(ts) / 1e9}
+
+
+def measure_bandwidth(mib: int = 256, reps: int = 10) -> dict:
+  """Memory read bandwidth: median of 10 jitted fp32 sums over `mib` MiB (far above L3)."""
+  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+  t, ts = _median_of(jax.jit(jnp.sum), x, warmup=3, reps=reps)
+  return {"mib": mib, "median_s": t, "read_gb_s": x.nbytes / t / 1e9,
+          "read_gb_s_best": x.nbytes / min(ts) / 1e9}
+
+
+def measure_machine() -> dict:
+  return {"matmul_peak": measure_matmul_peak(), "bandwidth": measure_bandwidth()}
+
+
+def describe(machine: dict) -> str:
+  return (f"fp32 2048^3 matmul peak {machine['matmul_peak']['gflops']:.1f} GFLOP/s, "
+          f"read bandwidth {machine['bandwidth']['read_gb_s']:.1f} GB/s")
+
+
+def timed_steps(step: Callable, state: Any, steps: int, max_warmup: int) -> tuple[dict, Any]:
+  """Steps `step(state) -> (state, metrics)` until one compiles nothing (at most
+  `max_warmup`), then `steps` timed steps; the median and what it rests on."""
+  warm = []
+  for _ in range(max_warmup):
+    counter = CompileCounter()
+    dt, (state, _) = time_call(step, state)
+    warm.append({"s": dt, "compiles": counter.count})
+    if counter.count == 0:
+      break
+  counter = CompileCounter()
+  ts, losses = [], []
+  for _ in range(steps):
+    dt, (state, m) = time_call(step, state)
+    ts.append(dt)
+    losses.append(float(m["loss"]))
+  return {"step_s_median": statistics.median(ts), "step_s_all": ts, "warmup": warm,
+          "losses": losses, "compiles_in_timed_regions": counter.count}, state
