@@ -10,7 +10,6 @@ from act_jax.data.report import DropLog
 from act_jax.data.states import trajectory_ids
 from act_jax.envs import expert, rollout
 from act_jax.envs.base import EpisodeSpec
-from act_jax.envs.pool import EnvPool
 
 CFG = prompts.PromptConfig(use_chat_template=False)
 # The embedded config's action format: the marker on its own line.
@@ -41,12 +40,6 @@ class WordTokenizer:
 
 
 # --- branching rollouts (the real TextWorldExpress) ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def twx_pool():
-  with EnvPool("twx", 1) as pool:
-    yield pool
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,6 @@ def twx_spec(game, seed, split="dev", params=None):
 
 
 @pytest.fixture(scope="module")
-def twx_pool():
-  with EnvPool("twx", 2) as pool:
-    yield pool
-
-
-@pytest.fixture(scope="module")
 def twx_env(twx_pool):
   return twx_pool.envs[0]
 
