@@ -72,7 +72,7 @@ MICRO = [
     "--config.eval.episodes_per_game=1", "--config.eval.heldout_states=4",
     "--config.eval.critic_pairs=4",
 ]
-STEPS = ["trajectories", "tokenizer", "datasets", "base", "s0/eval_prompt"]
+STEPS = ["trajectories", "tokenizer", "datasets", "random_play", "base", "s0/eval_prompt"]
 
 
 def _main(workdir):
