@@ -199,6 +199,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                      f"by the {shard_count} data shards of the mesh (process row blocks)")
   batches = stage.batches(shard_index, shard_count)
   parts = tc.accum_steps * stage.updates_per_batch
+  slots = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
+  if replay is not None and replay.batch_size % slots:
+    raise ValueError(f"{stage.name}: config.train.replay_batch_size={replay.batch_size} is "
+                     f"not divisible by the mesh's {slots} data x fsdp slots")
   if replay is not None and (replay.batch_size // shard_count) % parts:
     raise ValueError(f"{stage.name}: config.train.replay_batch_size={replay.batch_size} per "
                      f"data shard is not divisible into {parts} microbatches "

@@ -27,7 +27,7 @@ def micro_config():
   for name in ("base", "il", "act", "rl"):
     c.stages[name].update(dict(steps=2, batch_size=8))
   c.stages.base.rollouts_per_game = 1
-  c.stages.act.replay_batch_size = 2  # of the two random-play action records
+  c.stages.act.replay_batch_size = 8  # one row per device, from two random-play records
   for name in ("act", "rl"):
     c.stages[name].grpo.update(dict(group_size=2, max_new_tokens=4))
   c.eval.update(dict(modes=["rank"], episodes_per_game=1, heldout_states=4, critic_pairs=4))

@@ -35,8 +35,10 @@ def test_replay_batches_are_seeded_and_split_over_shards():
   for k in ("replay_tokens", "replay_target_index"):
     np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), a[k])
   np.testing.assert_array_equal(a["replay_weight"], 0.5)
-  with pytest.raises(ValueError, match=r"replay_batch_size=21: must be in \[1, 20\]"):
-    replay.Replay(records(20, 0), batch_size=21, weight=1.0, seed=0, pad_id=0)
+  more = replay.Replay(records(3, 0), batch_size=8, weight=1.0, seed=0, pad_id=0).batch(0)
+  assert len(more["replay_tokens"]) == 8  # more rows than records: drawn with replacement
+  with pytest.raises(ValueError, match=r"replay_batch_size=0: must be >= 1"):
+    replay.Replay(records(20, 0), batch_size=0, weight=1.0, seed=0, pad_id=0)
 
 
 def test_step_adds_the_weighted_replay_loss():

@@ -23,16 +23,16 @@ PREFIX = "replay_"
 
 
 class Replay:
-  """`batch_size` records per step (global), drawn without replacement within a step,
-  seeded by (seed, step), so a resumed run replays what an uninterrupted one would."""
+  """`batch_size` records per step (global), drawn without replacement within a step
+  (with, when there are fewer records), seeded by (seed, step), so a resumed run
+  replays what an uninterrupted one would."""
 
   def __init__(self, records: Sequence[dict[str, Any]], batch_size: int, weight: float,
                seed: int, pad_id: int):
     if not records:
       raise ValueError("replay: no records to replay")
-    if batch_size < 1 or batch_size > len(records):
-      raise ValueError(f"config.train.replay_batch_size={batch_size}: must be in "
-                       f"[1, {len(records)}] (the replay records)")
+    if batch_size < 1:
+      raise ValueError(f"config.train.replay_batch_size={batch_size}: must be >= 1")
     self.records, self.batch_size, self.weight = list(records), batch_size, float(weight)
     self.seed, self.pad_id = seed, pad_id
     lengths = [len(r["input_ids"]) for r in self.records]
@@ -46,7 +46,8 @@ class Replay:
       raise ValueError(f"config.train.replay_batch_size={self.batch_size} is not divisible "
                        f"by the {shard_count} data shards")
     rng = np.random.default_rng((self.seed, step))
-    chosen = rng.choice(len(self.records), self.batch_size, replace=False)
+    chosen = rng.choice(len(self.records), self.batch_size,
+                        replace=self.batch_size > len(self.records))
     n = self.batch_size // shard_count
     mine = [self.records[i] for i in chosen[shard_index * n:(shard_index + 1) * n]]
     length = pipeline.bucket_for(max(len(self.records[i]["input_ids"]) for i in chosen),
