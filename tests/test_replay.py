@@ -11,19 +11,7 @@ from act_jax import losses, models, step as step_lib
 from act_jax.data import pipeline as data_pipeline, replay
 from act_jax.trainable import Trainable
 
-CFG = models.ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
-
-
-def records(n: int, seed: int) -> list[dict]:
-  rng = np.random.default_rng(seed)
-  out = []
-  for i in range(n):
-    ids = rng.integers(1, CFG.vocab_size, rng.integers(8, 20)).astype(np.int32)
-    lm = np.zeros(len(ids), np.int32)
-    lm[-3:] = 1
-    out.append({"input_ids": ids, "loss_mask": lm, "state_id": f"r{i}"})
-  return out
+from test_finetune import CFG, records  # prompt + 5-token target rows of varied length
 
 
 def test_replay_batches_are_seeded_and_split_over_shards():
