@@ -91,9 +91,10 @@ def head_width(vocab: int) -> int:
   over batch dimensions on one thread, so a batch of panel dots runs serially. The
   head is the largest matrix (40% of the small shape's weight bytes, 250 panels);
   as one plain dot its strided reads cost ~1.3x the CPU time of the panels (see
-  `panels`), but split over XLA:CPU's threads (one per schedulable core) it takes
-  less wall time from two threads on. The layer matrices (1-6 MiB) stay panels:
-  too small to split well.
+  `panels`) but splits over XLA:CPU's threads (one per schedulable core), which two
+  free cores should more than repay (not yet confirmed on a quiet machine; see
+  benchmarks/README.md). The layer matrices (1-6 MiB) stay panels: too small to
+  split well.
   """
   if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) > 1:
     return vocab
