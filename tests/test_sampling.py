@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from act_jax import params as params_lib, sharding as shd
 from act_jax.models import ModelConfig, abstract_params, graphdef, merge, positions_from_mask
 from act_jax.sampling import CompileCounter, Sampler, SamplingConfig
-from act_jax.sampling import core
+from act_jax.sampling import core, inference
 from act_jax.sampling.config import Buckets, round_up_geometric
 from act_jax.sampling.sampler import left_pad
 
@@ -104,6 +104,23 @@ def test_prepared_weights_give_the_same_result():
   b = s.generate(s.prepare(params), PROMPTS, sampling=NO_EOS, max_new_tokens=8)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_array_equal(a.model_logprobs, b.model_logprobs)
+
+
+@pytest.mark.parametrize("one_matrix", [False, True])
+def test_lm_head_layouts_equal_the_full_forward(one_matrix):
+  """The head as 128-wide panels (one CPU thread) or as one [D, V] matrix (several)."""
+  cfg = dataclasses.replace(CFG, vocab_size=300)  # 3 panels, the last one zero-padded
+  params = _random_params(cfg)
+  width = cfg.vocab_size if one_matrix else inference.PANEL  # either, whatever the cores
+  w = inference.prepare(cfg, params)
+  w = w.replace(head=inference.panels(params["lm_head"], width))
+  assert w.head.shape == ((1, 48, 300) if one_matrix else (3, 48, 128))
+  out = Sampler(cfg).generate(w, PROMPTS, sampling=NO_EOS, max_new_tokens=6)
+  for i, p in enumerate(PROMPTS):
+    ref = _greedy_reference(cfg, params, p, 6)
+    assert out.sequences()[i] == ref, (i, out.sequences()[i], ref)
+    want = [_log_softmax(_full_logits(cfg, params, p, ref))[j, t] for j, t in enumerate(ref)]
+    np.testing.assert_allclose(out.model_logprobs[i], want, atol=2e-5)
 
 
 def test_top_k_1_equals_greedy():

@@ -9,7 +9,8 @@ re-stacked, at every step. Measured on the small benchmark shape that was
 
 So generation runs on `InferenceWeights`: the same parameters unstacked per layer
 (one copy, made once per parameter version by `prepare`), with q/k/v and gate/up
-fused into one matmul each, every matrix stored as column panels (`panels`). The
+fused into one matmul each, every matrix stored as column panels (`panels`; the
+lm_head as one panel when XLA:CPU has several threads, `head_width`). The
 KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
 `[N, K, S, Hd]`: head-major, and each laid out as the right-hand matrix of its
 attention dot (q.k contracts Hd, p.v contracts S), so neither is transposed per
@@ -19,6 +20,7 @@ tokens against it).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import jax
@@ -66,8 +68,8 @@ def constrain(x: jax.Array, logical: tuple[str | None, ...], mesh: Mesh | None) 
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def panels(w: jax.Array) -> jax.Array:
-  """[D_in, ..., N] -> [..., ceil(N / PANEL), D_in, PANEL], zero-padded columns.
+def panels(w: jax.Array, width: int = PANEL) -> jax.Array:
+  """[D_in, ..., N] -> [..., ceil(N / width), D_in, width], zero-padded columns.
 
   Why: XLA:CPU's dot kernel (YNNPACK, 4 rows x 64 columns per tile) walks the
   weight matrix down its rows, one 256-byte piece per row at a stride of N
@@ -76,10 +78,27 @@ def panels(w: jax.Array) -> jax.Array:
   Decoding is bound by reading the weights, so this is most of its speed.
   """
   d_in, *lead, n = w.shape
-  width = min(PANEL, n)
+  width = min(width, n)
   w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, -n % width)])
   w = w.reshape(d_in, *lead, -1, width)
   return jnp.moveaxis(w, 0, -2)
+
+
+def head_width(vocab: int) -> int:
+  """Panel width of the lm_head: `PANEL` on one CPU thread, else one whole [D, V] matrix.
+
+  YNNPACK parallelises a dot over tiles of its output rows and columns, but loops
+  over batch dimensions on one thread, so a batch of panel dots runs serially. The
+  head is the largest matrix (40% of the small shape's weight bytes, 250 panels);
+  as one plain dot its strided reads cost ~1.3x the CPU time of the panels (see
+  `panels`) but splits over XLA:CPU's threads (one per schedulable core), which two
+  free cores should more than repay (not yet confirmed on a quiet machine; see
+  benchmarks/README.md). The layer matrices (1-6 MiB) stay panels: too small to
+  split well.
+  """
+  if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) > 1:
+    return vocab
+  return PANEL
 
 
 def panel_dot(x: jax.Array, p: jax.Array, n: int) -> jax.Array:
@@ -125,7 +144,8 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None) -> Inferenc
       w["q_norm"], w["k_norm"] = p["q_norm"], p["k_norm"]
     layers.append({k: constrain(v, _LAYER_AXES[k], mesh) for k, v in w.items()})
   head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  head = constrain(panels(head.astype(dt)), ("vocab", "embed", "vocab"), mesh)
+  head = panels(head.astype(dt), head_width(cfg.vocab_size))
+  head = constrain(head, ("vocab", "embed", "vocab"), mesh)
   return InferenceWeights(cfg=cfg, embed=params["embed"], final_norm=params["final_norm"],
                           head=head, layers=tuple(layers))
 
