@@ -6,7 +6,8 @@ With `config.grpo.estimator="expected"` it samples nothing: each state's admissi
 actions (and the expert's) are the paid completions, each one's target
 ("Action: ..." + EOS, exactly as IL writes it) is scored in one forward pass, and the
 `expected_reward` loss takes the exact expected reward (`losses.expected`) — the
-G -> infinity limit of group-centred GRPO for a policy that acts without reasoning.
+G -> infinity limit of GRPO (std-normalised or, with `advantage="dr_grpo"`, group-
+centred) for a policy that acts without reasoning.
 Probability mass outside the listed actions earns `action_reward.malformed` there;
 sampling would pay a well-formed unlisted action `action_reward.other` instead.
 """
