@@ -293,6 +293,9 @@ def _throughput(batch: dict[str, np.ndarray], model_cfg: models.ModelConfig, sec
   n = shard_count  # distinct process batch blocks (hosts sharing rows count once)
   if "mask" in batch:
     out["tokens_per_s"] = float(np.sum(batch["mask"])) * n / seconds
+  elif "attention" in batch:  # packed rows: a real token is one that attends to itself
+    real = np.diagonal(batch["attention"], axis1=-2, axis2=-1)
+    out["tokens_per_s"] = float(np.sum(real)) * n / seconds
   if "tokens" in batch and np.ndim(batch["tokens"]) >= 2:  # [rows, T] or [P, S, T]
     *lead, length = np.shape(batch["tokens"])
     rows = int(np.prod(lead))

@@ -196,6 +196,24 @@ def test_action_candidates_gradient_is_the_enumerated_policy_gradient():
                                atol=1e-5 * scale)
 
 
+def test_both_candidate_layouts_count_the_same_real_tokens_per_second():
+  """tokens_per_s counts prompt and candidate tokens, not padding: the packed layout
+  (no `mask`) reports the prompt's tokens once, the row layout once per candidate slot
+  (S = 3 rows per prompt, an unused slot's prompt included: it is computed)."""
+  P = max(map(len, PROMPTS))
+  tokens = np.asarray([[0] * (P - len(x)) + x for x in PROMPTS], np.int32)
+  reward = np.zeros((2, 3), np.float32)
+  rows, packed = (build(tokens, tokens > 0, CANDIDATES, reward, reward == 1.0,
+                        ACTION_REWARD.malformed, pad_id=0, width=C)
+                  for build in (grpo.candidate_batch, grpo.packed_candidate_batch))
+  prompt = sum(map(len, PROMPTS))
+  answers = sum(len(y) for cands in CANDIDATES for y in cands)
+  per_row = sum(len(x) * 3 for x in PROMPTS)
+  tps = lambda b: loop._throughput(b, CFG, 2.0, None)["tokens_per_s"]
+  assert tps(packed) == (prompt + answers) / 2.0
+  assert tps(rows) == (per_row + answers) / 2.0
+
+
 def test_action_stage_pays_each_admissible_action_what_sampling_would():
   """The expected next-action batch: the expert's action first, then the other admissible
   ones once each, paid by the action reward on their decoded targets."""
