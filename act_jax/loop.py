@@ -182,10 +182,11 @@ def optimizer_config(config: ml_collections.ConfigDict, stage: Stage) -> dict[st
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         init_params: models.Params | None = None, ctx: Context | None = None,
-        replay: Replay | None = None) -> step_lib.TrainState:
+        replay: Replay | None = None, label: str | None = None) -> step_lib.TrainState:
   """Trains `stage` for `config.train.steps` steps, resuming from `workdir` if possible.
 
-  `replay`: supervised records mixed into every step (`act_jax.data.replay`)."""
+  `replay`: supervised records mixed into every step (`act_jax.data.replay`);
+  `label`: what progress lines are tagged with (default the stage's name)."""
   config_lib.validate(config)
   ctx = ctx or build_context(config)
   tc = config.train
@@ -235,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
       state = init(params)
 
     start = int(jax.device_get(state["step"]))
-    writer = metrics_lib.Writer(workdir, tc.steps, desc=stage.name, start_step=start)
+    writer = metrics_lib.Writer(workdir, tc.steps, desc=label or stage.name, start_step=start)
     step_fn = None
     bad_in_row = 0
     save_seconds = None

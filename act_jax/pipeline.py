@@ -315,7 +315,8 @@ class Pipeline:
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
                     pad_id=self._pad(), answers=answers,
                     action_ids=examples.action_ids(self.tok, data_steps.prompt_config(self.c)))
-    loop.run(sc, out, s, init_params=init, ctx=self.ctx, replay=self.replay(sc, seed))
+    loop.run(sc, out, s, init_params=init, ctx=self.ctx, replay=self.replay(sc, seed),
+             label=os.path.relpath(out, self.dir))
     return f"{stage} seed {seed}"
 
   def replay(self, sc: ml_collections.ConfigDict, seed: int) -> replay_lib.Replay | None:

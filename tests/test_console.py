@@ -60,7 +60,7 @@ def test_quiet_libraries_drops_orbax_read_only_notice_only():
 
 
 MICRO = [
-    "--config.pipeline.variants=prompt", "--config.pipeline.export=False",
+    "--config.pipeline.variants=prompt,il", "--config.pipeline.export=False",
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
     "--config.model.num_layers=1", "--config.model.num_heads=2",
     "--config.model.num_kv_heads=1", "--config.model.head_dim=16",
@@ -70,9 +70,11 @@ MICRO = [
     "--config.stages.base.steps=8", "--config.stages.base.batch_size=8",
     "--config.stages.base.rollouts_per_game=1", '--config.eval.modes=("rank",)',
     "--config.eval.episodes_per_game=1", "--config.eval.heldout_states=4",
-    "--config.eval.critic_pairs=4",
+    "--config.eval.critic_pairs=4", "--config.stages.il.steps=4",
+    "--config.stages.il.batch_size=8",
 ]
-STEPS = ["trajectories", "tokenizer", "datasets", "random_play", "base", "s0/eval_prompt"]
+STEPS = ["trajectories", "tokenizer", "datasets", "random_play", "base", "s0/eval_prompt",
+         "s0/il", "s0/eval_il"]
 
 
 def _main(workdir):
@@ -93,6 +95,8 @@ def test_main_prints_a_line_per_step_and_no_library_chatter(tmp_path):
   progress = [l for l in lines if l.startswith("  [")]
   assert 0 < len([l for l in progress if l.startswith("  [base] ")]) <= console.LOG_LINES
   assert 0 < len([l for l in progress if l.startswith("  [s0/eval_prompt] ")]) <= console.LOG_LINES
+  # A seed's stage is tagged with its step, not only its stage's name.
+  assert 0 < len([l for l in progress if l.startswith("  [s0/il] ")]) <= console.LOG_LINES
   others = [l for l in lines if not re.match(r"\[\S+\] done in |  \[|# Results|Percentages", l)]
   assert others == [], others  # no TFDS, Orbax, absl or XLA lines
   # The expert's own action among the admissible ones is not counted as dropped.
