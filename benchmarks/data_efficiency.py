@@ -14,7 +14,8 @@ the same config (e.g. the main job's 300), instead of recomputing them.
 
 Writes `<workdir>/data_efficiency.{json,md,png}`: per size, each variant's ID and OOD
 next-action accuracy and success (mean and 95% t-interval over seeds) and the paired
-per-seed delta `il_w_act - il` with its t-interval. The ACT paper's claim is that
+per-seed delta `il_w_act - il` with its t-interval; and each IL stage's final training
+loss and the step at which it crossed the copy plateau (`il_losses`). The ACT paper's claim is that
 ACT helps most out of distribution; the table says whether the delta grows as expert
 data shrinks.
 """
@@ -26,15 +27,21 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from act_jax import loop, pipeline  # noqa: E402
+from act_jax import loop, pipeline, stats  # noqa: E402
+from act_jax.metrics import read_jsonl  # noqa: E402
 
 METRICS = ("next_action_accuracy", "success_rate")
 PAIR = "il_w_act - il"
+# Each variant's IL stage, as a pipeline step under s<seed>/ (`pipeline.chain_key`).
+IL_STEP = {"il": "il", "il_w_act": "act_il"}
+WINDOW, CROSSED = 20, 0.05  # running mean over 20 steps; "crossed" the copy plateau below 0.05
 
 
 def load_config(path: Path, size: int, seeds: int, overrides: list[str]):
@@ -68,6 +75,28 @@ def summary(results: dict) -> dict:
   return row
 
 
+def il_losses(workdir: Path, seeds: int) -> dict:
+  """Per variant and seed, the IL stage's training loss: its mean over the last
+  WINDOW steps, and the first step at which its running mean fell below CROSSED.
+
+  From scratch, IL sits on a plateau (~0.2: the action's form without its object) until
+  the model learns to copy the object from the observation; when that happens varies
+  by seed, so success alone cannot tell a slower start from a worse model."""
+  out = {}
+  for v, step in IL_STEP.items():
+    out[v] = {"final": {}, "crossed": {}}
+    for seed in range(seeds):
+      rows = [r for r in read_jsonl(str(workdir / f"s{seed}" / step / "metrics.jsonl"))
+              if "loss" in r]
+      loss = np.asarray([r["loss"] for r in rows])
+      run = np.convolve(loss, np.ones(WINDOW) / WINDOW, "valid")
+      below = np.flatnonzero(run < CROSSED)
+      out[v]["final"][seed] = float(loss[-WINDOW:].mean())
+      out[v]["crossed"][seed] = int(rows[below[0] + WINDOW - 1]["step"]) if len(below) else None
+  out["delta_final"] = stats.paired_deltas(out["il_w_act"]["final"], out["il"]["final"])
+  return out
+
+
 def pct(x: dict | None) -> str:
   if not x:
     return "-"
@@ -80,11 +109,25 @@ def markdown(rows: dict[int, dict]) -> str:
            "| per seed |", "|---|---|---|---|---|---|---|"]
   for n, row in sorted(rows.items()):
     for split, metrics in row.items():
+      if split == "il_loss":
+        continue
       for m, cells in metrics.items():
         d = cells["delta"]
         per = " / ".join(f"{100 * x:+.1f}" for x in d["per_seed"]) if d else "-"
         lines.append(f"| {n} | {split} | {m.replace('_', ' ')} | {pct(cells['il'])} | "
                      f"{pct(cells['il_w_act'])} | {pct(d)} | {per} |")
+  lines += ["", f"IL stage's training loss (mean of its last {WINDOW} steps; the step at which "
+            f"its {WINDOW}-step running mean first fell below {CROSSED}, per seed, - = never):",
+            "", "| trajectories / game | il final loss | il_w_act final loss | il_w_act - il "
+            "(paired) | il crossed at | il_w_act crossed at |", "|---|---|---|---|---|---|"]
+  for n, row in sorted(rows.items()):
+    il = row["il_loss"]
+    cell = lambda v: f"{stats.mean_ci(list(il[v]['final'].values()))[0]:.3f}"
+    crossed = lambda v: " / ".join("-" if x is None else str(x) for x in il[v]["crossed"].values())
+    d = il["delta_final"]
+    lines.append(f"| {n} | {cell('il')} | {cell('il_w_act')} | {d['mean']:+.3f} "
+                 f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {crossed('il')} | "
+                 f"{crossed('il_w_act')} |")
   return "\n".join(lines) + "\n"
 
 
@@ -93,7 +136,7 @@ def plot(path: Path, rows: dict[int, dict]) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   sizes = sorted(rows)
-  splits = list(rows[sizes[0]])
+  splits = [k for k in rows[sizes[0]] if k != "il_loss"]
   fig, axes = plt.subplots(2, len(splits), figsize=(5 * len(splits), 7), squeeze=False)
   for j, split in enumerate(splits):
     for v, style in (("il", "o-"), ("il_w_act", "s-")):
@@ -135,13 +178,14 @@ def main() -> None:
   loop.setup_process(str(work))
   rows = {}
   for n in (int(s) for s in args.sizes.split(",")):
+    run_dir = reuse.get(n, work / f"n{n}")
     if n in reuse:
-      results = json.loads((reuse[n] / "results.json").read_text())
+      results = json.loads((run_dir / "results.json").read_text())
     else:
       c = load_config(Path(args.config), n, args.seeds, args.set)
-      print(f"== {n} expert trajectories per game -> {work / f'n{n}'}", flush=True)
-      results = pipeline.Pipeline(c, str(work / f"n{n}")).run()
-    rows[n] = summary(results)
+      print(f"== {n} expert trajectories per game -> {run_dir}", flush=True)
+      results = pipeline.Pipeline(c, str(run_dir)).run()
+    rows[n] = {**summary(results), "il_loss": il_losses(run_dir, args.seeds)}
   (work / "data_efficiency.json").write_text(json.dumps(rows, indent=2))
   table = markdown(rows)
   (work / "data_efficiency.md").write_text(table)
