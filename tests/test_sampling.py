@@ -106,15 +106,17 @@ def test_prepared_weights_give_the_same_result():
   np.testing.assert_array_equal(a.model_logprobs, b.model_logprobs)
 
 
-@pytest.mark.parametrize("one_matrix", [False, True])
-def test_lm_head_layouts_equal_the_full_forward(one_matrix):
-  """The head as 128-wide panels (one CPU thread) or as one [D, V] matrix (several)."""
-  cfg = dataclasses.replace(CFG, vocab_size=300)  # 3 panels, the last one zero-padded
+MATRICES = ("wqkv", "wo", "w_gu", "w_down", "head")
+
+
+@pytest.mark.parametrize("plain", [(), MATRICES, ("w_gu", "head")])
+def test_matrix_layouts_equal_the_full_forward(plain):
+  """Matrices as 128-wide panels (one CPU thread), plain [D_in, N] (several), or mixed."""
+  cfg = dataclasses.replace(CFG, vocab_size=300)  # 3 head panels, the last one zero-padded
   params = _random_params(cfg)
-  width = cfg.vocab_size if one_matrix else inference.PANEL  # either, whatever the cores
-  w = inference.prepare(cfg, params)
-  w = w.replace(head=inference.panels(params["lm_head"], width))
-  assert w.head.shape == ((1, 48, 300) if one_matrix else (3, 48, 128))
+  w = inference.prepare(cfg, params, plain=plain)  # either, whatever the cores
+  assert w.head.shape == ((48, 300) if "head" in plain else (3, 48, 128))
+  assert w.layers[0]["w_gu"].shape == ((48, 2, 80) if "w_gu" in plain else (2, 1, 48, 80))
   out = Sampler(cfg).generate(w, PROMPTS, sampling=NO_EOS, max_new_tokens=6)
   for i, p in enumerate(PROMPTS):
     ref = _greedy_reference(cfg, params, p, 6)
@@ -264,6 +266,14 @@ def test_sharded_generation_equals_unsharded():
   # wqkv [K, panels, D, width]: kv heads split; w_gu [2, 1 panel, D, F=80]: columns split.
   assert w.layers[0]["wqkv"].sharding.spec[0] == "tensor"
   assert w.layers[0]["w_gu"].sharding.spec == P(None, None, "fsdp", "tensor")
+  # Plain matrices [D_in, ..., N] keep it too.
+  w = jax.jit(lambda p: inference.prepare(cfg, p, mesh, plain=MATRICES))(sharded)
+  assert w.layers[0]["wqkv"].sharding.spec == P("fsdp", "tensor")
+  assert w.layers[0]["w_gu"].sharding.spec == P("fsdp", None, "tensor")
+  assert w.head.sharding.spec[0] == "fsdp"  # vocab 97 does not divide by tensor
+  out = s.generate(w, prompts, sampling=NO_EOS, max_new_tokens=10, n=2)
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_allclose(out.model_logprobs, ref.model_logprobs, atol=2e-5)
 
 
 # ------------------------------------------------------------------------------ scoring

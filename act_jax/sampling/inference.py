@@ -9,8 +9,8 @@ re-stacked, at every step. Measured on the small benchmark shape that was
 
 So generation runs on `InferenceWeights`: the same parameters unstacked per layer
 (one copy, made once per parameter version by `prepare`), with q/k/v and gate/up
-fused into one matmul each, every matrix stored as column panels (`panels`; the
-lm_head as one panel when XLA:CPU has several threads, `head_width`). The
+fused into one matmul each, every matrix stored as column panels (`panels`), or
+plain when it is wide and XLA:CPU has several threads (`plain_matrices`). The
 KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
 `[N, K, S, Hd]`: head-major, and each laid out as the right-hand matrix of its
 attention dot (q.k contracts Hd, p.v contracts S), so neither is transposed per
@@ -37,6 +37,7 @@ Cache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer k [N, K, Hd, S], v 
 K_AXES, V_AXES = ("batch", "kv_heads", "head_dim", None), ("batch", "kv_heads", None, "head_dim")
 _NEG_INF = -1e30  # as the decoder's attention mask
 PANEL = 128  # output columns per weight panel
+PLAIN_MIN_COLUMNS = 2048  # with several CPU threads, wider matrices are stored plain
 SMALL_ROWS = 64  # at most this many rows: one dot per panel (decoding); more: one big dot
 # Panels [..., N/PANEL, D_in, PANEL]. The output's sharding goes on the panel axis, or
 # on the columns when the panels do not divide (a mesh axis is used once).
@@ -48,15 +49,19 @@ _LAYER_AXES = {
     "w_gu": (None, "mlp", "embed", "mlp"),  # gate, up
     "w_down": ("embed", "mlp", "embed"),
 }
+# Plain matrices [D_in, ..., N], as the training parameters.
+_PLAIN_AXES = {**_LAYER_AXES, "wqkv": ("embed", "kv_heads", None), "wo": ("heads", "embed"),
+               "w_gu": ("embed", None, "mlp"), "w_down": ("mlp", "embed")}
 
 
 @struct.dataclass
 class InferenceWeights:
   """Per-layer, fused weights; `cfg` rides along as static pytree metadata."""
   cfg: ModelConfig = struct.field(pytree_node=False)
+  plain: frozenset[str] = struct.field(pytree_node=False)  # matrices not stored as `panels`
   embed: jax.Array  # [V, D]
   final_norm: jax.Array  # [D]
-  head: jax.Array  # panels of lm_head [D, V] (of embed.T when tied), compute dtype
+  head: jax.Array  # lm_head [D, V] (embed.T when tied), compute dtype; "head" in plain
   layers: tuple[dict[str, jax.Array], ...]
 
 
@@ -84,48 +89,57 @@ def panels(w: jax.Array, width: int = PANEL) -> jax.Array:
   return jnp.moveaxis(w, 0, -2)
 
 
-def head_width(vocab: int) -> int:
-  """Panel width of the lm_head: `PANEL` on one CPU thread, else one whole [D, V] matrix.
+def plain_matrices(cfg: ModelConfig) -> frozenset[str]:
+  """Which matrices `prepare` stores plain [D_in, N] rather than as `panels`.
 
-  YNNPACK parallelises a dot over tiles of its output rows and columns, but loops
-  over batch dimensions on one thread, so a batch of panel dots runs serially. The
-  head is the largest matrix (40% of the small shape's weight bytes, 250 panels);
-  as one plain dot its strided reads cost ~1.3x the CPU time of the panels (see
-  `panels`) but splits over XLA:CPU's threads (one per schedulable core), which two
-  free cores should more than repay (not yet confirmed on a quiet machine; see
-  benchmarks/README.md). The layer matrices (1-6 MiB) stay panels: too small to
-  split well.
+  All panels on one XLA:CPU thread (and off CPU). With several threads (one per
+  schedulable core) the wide ones are plain: YNNPACK parallelises a dot over tiles
+  of its output rows and columns but loops over batch dimensions on one thread, so
+  a batch of panel dots runs serially, while one plain dot is split over all
+  threads (the small benchmark shape: ~0.7x the all-panel decode step on two
+  cores). The narrow ones (< `PLAIN_MIN_COLUMNS`) stay panels: as fast there, with
+  ~8% less CPU time in all (benchmarks/README.md).
   """
-  if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) > 1:
-    return vocab
-  return PANEL
+  if jax.default_backend() != "cpu" or len(os.sched_getaffinity(0)) == 1:
+    return frozenset()
+  widths = {"wqkv": (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
+            "wo": cfg.hidden_size, "w_gu": 2 * cfg.intermediate_size,
+            "w_down": cfg.hidden_size, "head": cfg.vocab_size}
+  return frozenset(k for k, n in widths.items() if n >= PLAIN_MIN_COLUMNS)
 
 
-def panel_dot(x: jax.Array, p: jax.Array, n: int) -> jax.Array:
-  """x [..., D_in] @ the matrix stored as panels p -> [..., *p.shape[:-3], n]."""
+def matmul(x: jax.Array, w: jax.Array, n: int, plain: bool) -> jax.Array:
+  """x [..., D_in] @ a matrix stored plain [D_in, ..., n] or as panels -> [..., ..., n]."""
+  if plain:
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
   *rows, d_in = x.shape
   x2 = x.reshape(-1, d_in)
-  m, batch = x2.shape[0], p.shape[:-2]
+  m, batch = x2.shape[0], w.shape[:-2]
   if m <= SMALL_ROWS:
     # One small dot per panel (rows broadcast: a few KiB), each reading its panel in order.
     xb = jnp.broadcast_to(x2, batch + x2.shape)
     b = tuple(range(len(batch)))
-    out = jax.lax.dot_general(xb, p, (((xb.ndim - 1,), (p.ndim - 2,)), (b, b)))
+    out = jax.lax.dot_general(xb, w, (((xb.ndim - 1,), (w.ndim - 2,)), (b, b)))
     out = jnp.moveaxis(out, -2, 0)  # [m, ..., panels, PANEL]
   else:  # compute-bound (a prefill): one large dot, XLA re-assembles the matrix
-    out = jnp.einsum("mk,...kw->m...w", x2, p)
+    out = jnp.einsum("mk,...kw->m...w", x2, w)
   out = out.reshape(m, *batch[:-1], -1)[..., :n]
   return out.reshape(*rows, *batch[:-1], n)
 
 
-def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None) -> InferenceWeights:
+def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
+            plain: frozenset[str] | None = None) -> InferenceWeights:
   """Training parameters -> `InferenceWeights` (a copy of the layer weights).
+
+  `plain`: the matrices stored plain, by default `plain_matrices(cfg)`.
 
   Call it under `jax.jit`; fused weights keep the heads/mlp sharding of their
   parts, so tensor parallelism carries over without communication.
   """
   D, H, K, Hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   G, dt = H // K, cfg.jnp_dtype
+  plain = plain_matrices(cfg) if plain is None else frozenset(plain)
+  mat = lambda name, w: w if name in plain else panels(w)
   stacked = params["layers"]
   layers = []
   for i in range(cfg.num_layers):
@@ -133,21 +147,23 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None) -> Inferenc
     wqkv = jnp.concatenate([p["wq"].reshape(D, K, G, Hd), p["wk"][:, :, None],
                             p["wv"][:, :, None]], axis=2)
     w = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
-         "wqkv": panels(wqkv.reshape(D, K, (G + 2) * Hd).astype(dt)),
-         "wo": panels(p["wo"].reshape(H * Hd, D).astype(dt)),
-         "w_gu": panels(jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dt)),
-         "w_down": panels(p["w_down"].astype(dt))}
+         "wqkv": mat("wqkv", wqkv.reshape(D, K, (G + 2) * Hd).astype(dt)),
+         "wo": mat("wo", p["wo"].reshape(H * Hd, D).astype(dt)),
+         "w_gu": mat("w_gu", jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dt)),
+         "w_down": mat("w_down", p["w_down"].astype(dt))}
     if cfg.qkv_bias:
       w["bqkv"] = jnp.concatenate([p["bq"].reshape(K, G, Hd), p["bk"][:, None],
                                    p["bv"][:, None]], axis=1).astype(dt)
     if cfg.qk_norm:
       w["q_norm"], w["k_norm"] = p["q_norm"], p["k_norm"]
-    layers.append({k: constrain(v, _LAYER_AXES[k], mesh) for k, v in w.items()})
+    layers.append({k: constrain(v, (_PLAIN_AXES if k in plain else _LAYER_AXES)[k], mesh)
+                   for k, v in w.items()})
   head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  head = panels(head.astype(dt), head_width(cfg.vocab_size))
-  head = constrain(head, ("vocab", "embed", "vocab"), mesh)
-  return InferenceWeights(cfg=cfg, embed=params["embed"], final_norm=params["final_norm"],
-                          head=head, layers=tuple(layers))
+  head = mat("head", head.astype(dt))
+  head = constrain(head, ("embed", "vocab") if "head" in plain else ("vocab", "embed", "vocab"),
+                   mesh)
+  return InferenceWeights(cfg=cfg, plain=plain, embed=params["embed"],
+                          final_norm=params["final_norm"], head=head, layers=tuple(layers))
 
 
 def constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
@@ -162,7 +178,7 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int, mesh: Mesh | None = Non
 
 def logits(w: InferenceWeights, h: jax.Array) -> jax.Array:
   """Final hidden states [..., D] -> float32 logits [..., V] (as `Decoder.logits`)."""
-  return panel_dot(h, w.head, w.cfg.vocab_size).astype(jnp.float32)
+  return matmul(h, w.head, w.cfg.vocab_size, "head" in w.plain).astype(jnp.float32)
 
 
 def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
@@ -189,19 +205,20 @@ def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
   mask = (k_slots[None, :] <= q_slots[:, None])[None] & kv_mask[:, None, :len(k_slots)]
   new_cache = []
   for p, (ck, cv) in zip(w.layers, cache):
-    x, ck, cv = _layer(cfg, p, x, cos, sin, mask, ck, cv, cache_index, fresh)
+    x, ck, cv = _layer(cfg, w.plain, p, x, cos, sin, mask, ck, cv, cache_index, fresh)
     new_cache.append((ck, cv))
   return dec.rms_norm(x, w.final_norm, cfg.rms_norm_eps), tuple(new_cache)
 
 
-def _layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, mask, ck, cv,
-           cache_index, fresh: bool):
+def _layer(cfg: ModelConfig, plain: frozenset[str], p: dict[str, jax.Array], x, cos, sin,
+           mask, ck, cv, cache_index, fresh: bool):
   N, T, _ = x.shape
   H, K, Hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   G = H // K
   eps = cfg.rms_norm_eps
   h = dec.rms_norm(x, p["attn_norm"], eps)
-  qkv = panel_dot(h, p["wqkv"], (G + 2) * Hd).reshape(N, T, K, G + 2, Hd)
+  mm = lambda x, name, n: matmul(x, p[name], n, name in plain)
+  qkv = mm(h, "wqkv", (G + 2) * Hd).reshape(N, T, K, G + 2, Hd)
   if cfg.qkv_bias:
     qkv = qkv + p["bqkv"]
   q, k, v = qkv[:, :, :, :G], qkv[:, :, :, G], qkv[:, :, :, G + 1]
@@ -221,8 +238,8 @@ def _layer(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, mask, ck, cv,
   scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
   attn = jnp.einsum("nkgts,nksh->nkgth", probs, values).transpose(0, 3, 1, 2, 4)
-  x = x + panel_dot(attn.reshape(N, T, H * Hd), p["wo"], cfg.hidden_size)
+  x = x + mm(attn.reshape(N, T, H * Hd), "wo", cfg.hidden_size)
   h = dec.rms_norm(x, p["mlp_norm"], eps)
-  gu = panel_dot(h, p["w_gu"], cfg.intermediate_size)
-  x = x + panel_dot(jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1], p["w_down"], cfg.hidden_size)
+  gu = mm(h, "w_gu", cfg.intermediate_size)
+  x = x + mm(jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1], "w_down", cfg.hidden_size)
   return x, ck, cv
