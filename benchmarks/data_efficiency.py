@@ -154,6 +154,7 @@ def plot(path: Path, rows: dict[int, dict]) -> None:
     axes[1, j].set_title(f"{split}: il_w_act - il, paired (points)")
     for ax in axes[:, j]:
       ax.set_xscale("log")
+      ax.minorticks_off()
       ax.set_xticks(sizes, [str(n) for n in sizes])
       ax.set_xlabel("expert trajectories per game")
   axes[0, 0].legend()
