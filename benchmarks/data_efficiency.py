@@ -39,8 +39,6 @@ from act_jax.metrics import read_jsonl  # noqa: E402
 
 METRICS = ("next_action_accuracy", "success_rate")
 PAIR = "il_w_act - il"
-# Each variant's IL stage, as a pipeline step under s<seed>/ (`pipeline.chain_key`).
-IL_STEP = {"il": "il", "il_w_act": "act_il"}
 WINDOW, CROSSED = 20, 0.05  # running mean over 20 steps; "crossed" the copy plateau below 0.05
 
 
@@ -83,10 +81,11 @@ def il_losses(workdir: Path, seeds: int) -> dict:
   the model learns to copy the object from the observation; when that happens varies
   by seed, so success alone cannot tell a slower start from a worse model."""
   out = {}
-  for v, step in IL_STEP.items():
+  for v in ("il", "il_w_act"):
     out[v] = {"final": {}, "crossed": {}}
     for seed in range(seeds):
-      rows = [r for r in read_jsonl(str(workdir / f"s{seed}" / step / "metrics.jsonl"))
+      step = pipeline.chain_key(seed, pipeline.CHAINS[v])  # the chain ends in its IL stage
+      rows = [r for r in read_jsonl(str(workdir / step / "metrics.jsonl"))
               if "loss" in r]
       loss = np.asarray([r["loss"] for r in rows])
       run = np.convolve(loss, np.ones(WINDOW) / WINDOW, "valid")
@@ -122,7 +121,7 @@ def markdown(rows: dict[int, dict]) -> str:
             "(paired) | il crossed at | il_w_act crossed at |", "|---|---|---|---|---|---|"]
   for n, row in sorted(rows.items()):
     il = row["il_loss"]
-    cell = lambda v: f"{stats.mean_ci(list(il[v]['final'].values()))[0]:.3f}"
+    cell = lambda v: f"{np.mean(list(il[v]['final'].values())):.3f}"
     crossed = lambda v: " / ".join("-" if x is None else str(x) for x in il[v]["crossed"].values())
     d = il["delta_final"]
     lines.append(f"| {n} | {cell('il')} | {cell('il_w_act')} | {d['mean']:+.3f} "
