@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from act_jax import params as params_lib, sharding as shd
 from act_jax.models import ModelConfig, abstract_params, graphdef, merge, positions_from_mask
 from act_jax.sampling import CompileCounter, Sampler, SamplingConfig
-from act_jax.sampling import core, inference
+from act_jax.sampling import core, cpu_matmul, inference
 from act_jax.sampling.config import Buckets, round_up_geometric
 from act_jax.sampling.sampler import left_pad
 
@@ -109,14 +109,25 @@ def test_prepared_weights_give_the_same_result():
 MATRICES = ("wqkv", "wo", "w_gu", "w_down", "head")
 
 
-@pytest.mark.parametrize("plain", [(), MATRICES, ("w_gu", "head")])
-def test_matrix_layouts_equal_the_full_forward(plain):
-  """Matrices as 128-wide panels (one CPU thread), plain [D_in, N] (several), or mixed."""
-  cfg = dataclasses.replace(CFG, vocab_size=300)  # 3 head panels, the last one zero-padded
+LAYOUTS = {  # plain matrices, head and w_gu shapes; 300 and 80 columns pad to whole panels
+    "panels": ((), (3, 48, 128), (2, 1, 48, 80)),
+    "plain": (MATRICES, (48, 300), (48, 2, 80)),
+    "mixed": (("w_gu", "head"), (48, 300), (48, 2, 80)),
+    "kernel": ((), (10, 48, 32), (2, 3, 48, 32)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_matrix_layouts_equal_the_full_forward(layout):
+  """Matrices as 128-wide XLA panels (one CPU thread), plain [D_in, N] (several), mixed,
+  or as 32-wide panels run by `cpu_matmul` (the default on CPU where it builds)."""
+  if layout == "kernel" and not cpu_matmul.available():
+    pytest.skip("CPU kernel not built")
+  plain, head_shape, gu_shape = LAYOUTS[layout]
+  cfg = dataclasses.replace(CFG, vocab_size=300)
   params = _random_params(cfg)
-  w = inference.prepare(cfg, params, plain=plain)  # either, whatever the cores
-  assert w.head.shape == ((48, 300) if "head" in plain else (3, 48, 128))
-  assert w.layers[0]["w_gu"].shape == ((48, 2, 80) if "w_gu" in plain else (2, 1, 48, 80))
+  w = inference.prepare(cfg, params, plain=plain, kernel=layout == "kernel")
+  assert w.head.shape == head_shape and w.layers[0]["w_gu"].shape == gu_shape
   out = Sampler(cfg).generate(w, PROMPTS, sampling=NO_EOS, max_new_tokens=6)
   for i, p in enumerate(PROMPTS):
     ref = _greedy_reference(cfg, params, p, 6)

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from act_jax import sharding as shd
 from act_jax.models import decoder as dec
 from act_jax.models.config import ModelConfig
+from act_jax.sampling import cpu_matmul
 
 Cache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer k [N, K, Hd, S], v [N, K, S, Hd]
 
@@ -59,6 +60,7 @@ class InferenceWeights:
   """Per-layer, fused weights; `cfg` rides along as static pytree metadata."""
   cfg: ModelConfig = struct.field(pytree_node=False)
   plain: frozenset[str] = struct.field(pytree_node=False)  # matrices not stored as `panels`
+  kernel: bool = struct.field(pytree_node=False)  # panels for `cpu_matmul`, which runs them
   embed: jax.Array  # [V, D]
   final_norm: jax.Array  # [D]
   head: jax.Array  # lm_head [D, V] (embed.T when tied), compute dtype; "head" in plain
@@ -108,14 +110,27 @@ def plain_matrices(cfg: ModelConfig) -> frozenset[str]:
   return frozenset(k for k, n in widths.items() if n >= PLAIN_MIN_COLUMNS)
 
 
-def matmul(x: jax.Array, w: jax.Array, n: int, plain: bool) -> jax.Array:
+def use_kernel(cfg: ModelConfig, mesh: Mesh | None) -> bool:
+  """Whether `prepare` lays the matrices out for `cpu_matmul` (and decoding runs it).
+
+  On XLA:CPU, for float32 models, unless the mesh splits the weights or rows over
+  several devices: a custom call has no sharding rule, so XLA would gather them.
+  """
+  return (cfg.jnp_dtype == jnp.float32 and (mesh is None or mesh.size == 1)
+          and cpu_matmul.available())
+
+
+def matmul(x: jax.Array, w: jax.Array, n: int, plain: bool, kernel: bool = False
+           ) -> jax.Array:
   """x [..., D_in] @ a matrix stored plain [D_in, ..., n] or as panels -> [..., ..., n]."""
   if plain:
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
   *rows, d_in = x.shape
   x2 = x.reshape(-1, d_in)
   m, batch = x2.shape[0], w.shape[:-2]
-  if m <= SMALL_ROWS:
+  if kernel:
+    out = cpu_matmul.matmul(x2.astype(jnp.float32), w.reshape(-1, d_in, w.shape[-1]))
+  elif m <= SMALL_ROWS:
     # One small dot per panel (rows broadcast: a few KiB), each reading its panel in order.
     xb = jnp.broadcast_to(x2, batch + x2.shape)
     b = tuple(range(len(batch)))
@@ -128,9 +143,11 @@ def matmul(x: jax.Array, w: jax.Array, n: int, plain: bool) -> jax.Array:
 
 
 def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
-            plain: frozenset[str] | None = None) -> InferenceWeights:
+            plain: frozenset[str] | None = None, kernel: bool | None = None
+            ) -> InferenceWeights:
   """Training parameters -> `InferenceWeights` (a copy of the layer weights).
 
+  `kernel`: lay every matrix out for `cpu_matmul` (default `use_kernel`); otherwise
   `plain`: the matrices stored plain, by default `plain_matrices(cfg)`.
 
   Call it under `jax.jit`; fused weights keep the heads/mlp sharding of their
@@ -138,8 +155,13 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
   """
   D, H, K, Hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   G, dt = H // K, cfg.jnp_dtype
-  plain = plain_matrices(cfg) if plain is None else frozenset(plain)
-  mat = lambda name, w: w if name in plain else panels(w)
+  kernel = use_kernel(cfg, mesh) if kernel is None else kernel
+  if kernel:
+    plain = frozenset()
+  elif plain is None:
+    plain = plain_matrices(cfg)
+  width = cpu_matmul.WIDTH if kernel else PANEL
+  mat = lambda name, w: w if name in plain else panels(w, width)
   stacked = params["layers"]
   layers = []
   for i in range(cfg.num_layers):
@@ -162,7 +184,7 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
   head = mat("head", head.astype(dt))
   head = constrain(head, ("embed", "vocab") if "head" in plain else ("vocab", "embed", "vocab"),
                    mesh)
-  return InferenceWeights(cfg=cfg, plain=plain, embed=params["embed"],
+  return InferenceWeights(cfg=cfg, plain=frozenset(plain), kernel=kernel, embed=params["embed"],
                           final_norm=params["final_norm"], head=head, layers=tuple(layers))
 
 
@@ -178,7 +200,7 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int, mesh: Mesh | None = Non
 
 def logits(w: InferenceWeights, h: jax.Array) -> jax.Array:
   """Final hidden states [..., D] -> float32 logits [..., V] (as `Decoder.logits`)."""
-  return matmul(h, w.head, w.cfg.vocab_size, "head" in w.plain).astype(jnp.float32)
+  return matmul(h, w.head, w.cfg.vocab_size, "head" in w.plain, w.kernel).astype(jnp.float32)
 
 
 def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
@@ -205,19 +227,20 @@ def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
   mask = (k_slots[None, :] <= q_slots[:, None])[None] & kv_mask[:, None, :len(k_slots)]
   new_cache = []
   for p, (ck, cv) in zip(w.layers, cache):
-    x, ck, cv = _layer(cfg, w.plain, p, x, cos, sin, mask, ck, cv, cache_index, fresh)
+    x, ck, cv = _layer(w, p, x, cos, sin, mask, ck, cv, cache_index, fresh)
     new_cache.append((ck, cv))
   return dec.rms_norm(x, w.final_norm, cfg.rms_norm_eps), tuple(new_cache)
 
 
-def _layer(cfg: ModelConfig, plain: frozenset[str], p: dict[str, jax.Array], x, cos, sin,
-           mask, ck, cv, cache_index, fresh: bool):
+def _layer(w: InferenceWeights, p: dict[str, jax.Array], x, cos, sin, mask, ck, cv,
+           cache_index, fresh: bool):
+  cfg = w.cfg
   N, T, _ = x.shape
   H, K, Hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   G = H // K
   eps = cfg.rms_norm_eps
   h = dec.rms_norm(x, p["attn_norm"], eps)
-  mm = lambda x, name, n: matmul(x, p[name], n, name in plain)
+  mm = lambda x, name, n: matmul(x, p[name], n, name in w.plain, w.kernel)
   qkv = mm(h, "wqkv", (G + 2) * Hd).reshape(N, T, K, G + 2, Hd)
   if cfg.qkv_bias:
     qkv = qkv + p["bqkv"]

@@ -1,0 +1,76 @@
+"""Our XLA:CPU kernel for products with weight panels (`cpu_matmul.cc`), built on first use.
+
+Decoding on CPU is bound by streaming the weights; this kernel streams them about
+twice as fast as XLA's own dot on a few rows, and is compute-bound on a prefill's
+many (benchmarks/README.md). It is compiled once per machine with the system C++
+compiler (`-march=native`) against jaxlib's XLA FFI headers, cached under
+`$ACT_JAX_CACHE` (default `~/.cache/act_jax`), and registered as an XLA FFI target.
+Where it cannot be built (no compiler) `available()` says why once, and callers keep
+XLA's dot. `ACT_JAX_CPU_KERNEL=0` turns it off.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+WIDTH = 32  # output columns per panel, as the kernel's kWidth
+_SOURCE = Path(__file__).with_suffix(".cc")
+_TARGET = "act_small_matmul"
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+log = logging.getLogger(__name__)
+
+
+def _library() -> Path:
+  """Compiles the kernel unless this source, jaxlib and flag set already have a build."""
+  cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if cxx is None:
+    raise RuntimeError("no C++ compiler found (set CXX)")
+  key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), jaxlib.__version__.encode(),
+                                   cxx.encode(), *map(str.encode, _FLAGS)])).hexdigest()[:16]
+  cache = Path(os.environ.get("ACT_JAX_CACHE", Path.home() / ".cache" / "act_jax"))
+  lib = cache / f"cpu_matmul-{key}.so"
+  if not lib.exists():
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # rename: atomic for parallel builds
+      out = Path(tmp) / lib.name
+      cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)]
+      done = subprocess.run(cmd, capture_output=True, text=True)
+      if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+      out.rename(lib)
+  return lib
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernel is built and registered (CPU backend only)."""
+  if jax.default_backend() != "cpu" or os.environ.get("ACT_JAX_CPU_KERNEL", "1") == "0":
+    return False
+  try:
+    handler = ctypes.cdll.LoadLibrary(str(_library())).ActSmallMatmul
+  except (OSError, RuntimeError, AttributeError) as e:
+    log.warning("act_jax CPU matmul kernel unavailable, decoding uses XLA's dot: %s", e)
+    return False
+  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+  return True
+
+
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [M, K] @ panels w [P, K, WIDTH] -> [M, P * WIDTH], float32; needs `available()`."""
+  (m, k), (p, k_w, width) = x.shape, w.shape
+  if k != k_w or width != WIDTH or x.dtype != jnp.float32 or w.dtype != jnp.float32:
+    raise ValueError(f"cpu_matmul: want float32 x [M, K] and w [P, K, {WIDTH}], got "
+                     f"{x.dtype}{list(x.shape)} and {w.dtype}{list(w.shape)}")
+  out = jax.ShapeDtypeStruct((m, p * WIDTH), jnp.float32)
+  return jax.ffi.ffi_call(_TARGET, out)(x, w)
