@@ -7,6 +7,8 @@ and with the load other jobs put on them.
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -49,12 +51,30 @@ def measure_bandwidth(mib: int = 256, reps: int = 10) -> dict:
           "read_gb_s_best": x.nbytes / min(ts) / 1e9}
 
 
+def cpu() -> dict:
+  """The processor's name, widest vector extension and the cores this process may use."""
+  info = {"model": platform.processor() or platform.machine(), "vectors": "?",
+          "cores": len(os.sched_getaffinity(0))}
+  try:
+    lines = open("/proc/cpuinfo").read().splitlines()
+  except OSError:
+    return info
+  field = lambda key: next((l.split(":", 1)[1].strip() for l in lines if l.startswith(key)), "")
+  flags = set(field("flags").split())
+  info["model"] = field("model name") or info["model"]
+  info["vectors"] = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                                  ("avx", "AVX")) if flag in flags), "SSE")
+  return info
+
+
 def measure_machine() -> dict:
-  return {"matmul_peak": measure_matmul_peak(), "bandwidth": measure_bandwidth()}
+  return {"cpu": cpu(), "matmul_peak": measure_matmul_peak(), "bandwidth": measure_bandwidth()}
 
 
 def describe(machine: dict) -> str:
-  return (f"fp32 2048^3 matmul peak {machine['matmul_peak']['gflops']:.1f} GFLOP/s, "
+  c = machine["cpu"]
+  return (f"{c['model']} ({c['vectors']}, {c['cores']} cores): fp32 2048^3 matmul peak "
+          f"{machine['matmul_peak']['gflops']:.1f} GFLOP/s, "
           f"read bandwidth {machine['bandwidth']['read_gb_s']:.1f} GB/s")
 
 

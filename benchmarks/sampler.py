@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from act_jax.models import ModelConfig, init_params  # noqa: E402
-from act_jax.sampling import CompileCounter, Sampler, SamplingConfig, core  # noqa: E402
+from act_jax.sampling import CompileCounter, Sampler, SamplingConfig, core, inference  # noqa: E402
 from machine import describe, measure_machine, time_call as timed  # noqa: E402  (benchmarks/)
 from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
 
@@ -198,6 +198,8 @@ def main() -> None:
   env = {"python": sys.version.split()[0], "platform": platform.platform(),
          "cpu_count": os.cpu_count(), "jax": jax.__version__,
          "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+  kernel = inference.use_kernel(model_config(SHAPES["small"]), None)
+  env["weight_products"] = "act_jax.sampling.cpu_matmul" if kernel else "XLA dot"
   print(f"[env] {env}", flush=True)
   machine = measure_machine()
   print(f"[machine] {describe(machine)}", flush=True)
@@ -225,9 +227,9 @@ def main() -> None:
     python = ensure_tunix_python(ROOT / args.tunix_python)
     tunix = run_tunix(python, (ROOT / args.tunix_script).resolve(), args.shapes, args.modes)
 
-  print("\nSampler on CPU (fp32, 1 JAX CPU device, "
-        f"{env['cpu_count']} cores): act_jax vs Tunix 0.1.7; tok/s, medians of {REPS}; "
-        f"{describe(machine)}")
+  print(f"\nSampler on CPU (fp32, 1 JAX CPU device): act_jax ({env['weight_products']}) vs "
+        "Tunix 0.1.7; "
+        f"tok/s, medians of {REPS}; {describe(machine)}")
   hdr = (f"{'shape':6} {'mode':11} | {'prefill':>8} {'tunix':>8} {'x':>5} | {'decode':>7} "
          f"{'tunix':>7} {'x':>5} | {'ms/step':>7} {'tunix':>7} | {'e2e s':>6} {'tunix':>6} | "
          f"{'prep ms':>7} | {'XLA temp MiB':>12}")

@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from act_jax.sampling import cpu_matmul
+from act_jax.models import ModelConfig
+from act_jax.sampling import cpu_matmul, inference
 
-pytestmark = pytest.mark.skipif(not cpu_matmul.available(),
-                                reason="CPU kernel not built (no C++ compiler?)")
+needs_kernel = pytest.mark.skipif(not cpu_matmul.available(),
+                                  reason="CPU kernel not built (no C++ compiler?)")
 
 
 def _panels(w):
@@ -18,6 +19,7 @@ def _panels(w):
 # Every row count of a partial 8-row tile, several tiles and a prefill's many rows;
 # matrices below and above the size at which the kernel splits panels over XLA's
 # threads; odd K.
+@needs_kernel
 @pytest.mark.parametrize("m,k,n", [(m, 37, 64) for m in range(1, 9)] + [
     (1, 5, 32), (13, 48, 96), (8, 512, 8192), (70, 256, 4096), (512, 64, 256)])
 def test_equals_float64_product(m, k, n):
@@ -30,6 +32,7 @@ def test_equals_float64_product(m, k, n):
   np.testing.assert_allclose(got, want, atol=1e-5 * np.sqrt(k) * 4, rtol=1e-5)
 
 
+@needs_kernel
 def test_runs_inside_a_loop():
   """The decode loop calls it in a while body; each iteration must see fresh inputs."""
   rng = np.random.default_rng(0)
@@ -43,9 +46,28 @@ def test_runs_inside_a_loop():
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
+@needs_kernel
 def test_bad_shapes_and_dtypes_are_named():
   x = jnp.zeros((2, 16))
   with pytest.raises(ValueError, match=r"float32\[2, 16\].*float32\[3, 8, 32\]"):
     cpu_matmul.matmul(x, jnp.zeros((3, 8, 32)))
   with pytest.raises(ValueError, match="bfloat16"):
     cpu_matmul.matmul(x, jnp.zeros((3, 16, 32), jnp.bfloat16))
+
+
+def test_without_a_compiler_decoding_keeps_xla_dots(monkeypatch, tmp_path, caplog):
+  """No build, no crash: a warning says why once, and `prepare` picks XLA's layouts."""
+  before = cpu_matmul.available()
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+  monkeypatch.setenv("ACT_JAX_CACHE", str(tmp_path))
+  cpu_matmul.available.cache_clear()
+  try:
+    assert not cpu_matmul.available()
+    assert "unavailable" in caplog.text and "no-such-c++" in caplog.text
+    cfg = ModelConfig(arch="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32,
+                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+    assert not inference.use_kernel(cfg, None)
+  finally:
+    monkeypatch.undo()
+    cpu_matmul.available.cache_clear()
+  assert cpu_matmul.available() == before  # builds (cached) and registers again

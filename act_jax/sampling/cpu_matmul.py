@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,13 +32,23 @@ _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
 log = logging.getLogger(__name__)
 
 
+def _cpu_features() -> bytes:
+  """What -march=native compiles for, so a cache shared by machines keeps one build each."""
+  try:
+    with open("/proc/cpuinfo", "rb") as f:
+      return next((l for l in f if l.startswith((b"flags", b"Features"))), b"")
+  except OSError:
+    return f"{platform.machine()} {platform.processor()}".encode()
+
+
 def _library() -> Path:
-  """Compiles the kernel unless this source, jaxlib and flag set already have a build."""
+  """Compiles the kernel unless this source, jaxlib, compiler and CPU already have a build."""
   cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if cxx is None:
     raise RuntimeError("no C++ compiler found (set CXX)")
   key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), jaxlib.__version__.encode(),
-                                   cxx.encode(), *map(str.encode, _FLAGS)])).hexdigest()[:16]
+                                   cxx.encode(), _cpu_features(), *map(str.encode, _FLAGS)])
+                       ).hexdigest()[:16]
   cache = Path(os.environ.get("ACT_JAX_CACHE", Path.home() / ".cache" / "act_jax"))
   lib = cache / f"cpu_matmul-{key}.so"
   if not lib.exists():
