@@ -73,7 +73,8 @@ def measure_machine() -> dict:
 
 def describe(machine: dict) -> str:
   c = machine["cpu"]
-  return (f"{c['model']} ({c['vectors']}, {c['cores']} cores): fp32 2048^3 matmul peak "
+  return (f"{c['model']} ({c['vectors']}, {c['cores']} core{'s' * (c['cores'] > 1)}): "
+          f"fp32 2048^3 matmul peak "
           f"{machine['matmul_peak']['gflops']:.1f} GFLOP/s, "
           f"read bandwidth {machine['bandwidth']['read_gb_s']:.1f} GB/s")
 

@@ -109,11 +109,12 @@ def test_prepared_weights_give_the_same_result():
 MATRICES = ("wqkv", "wo", "w_gu", "w_down", "head")
 
 
-LAYOUTS = {  # plain matrices, head and w_gu shapes; 300 and 80 columns pad to whole panels
-    "panels": ((), (3, 48, 128), (2, 1, 48, 80)),
-    "plain": (MATRICES, (48, 300), (48, 2, 80)),
-    "mixed": (("w_gu", "head"), (48, 300), (48, 2, 80)),
-    "kernel": ((), (10, 48, 32), (2, 3, 48, 32)),
+LAYOUTS = {  # plain matrices, F, head and w_gu shapes; columns pad to whole panels
+    "panels": ((), 80, (3, 48, 128), (2, 1, 48, 80)),
+    "plain": (MATRICES, 80, (48, 300), (48, 2, 80)),
+    "mixed": (("w_gu", "head"), 80, (48, 300), (48, 2, 80)),
+    "kernel": ((), 80, (10, 48, 32), (2, 3, 48, 32)),
+    "kernel_narrow": ((), 12, (10, 48, 32), (2, 1, 48, 32)),  # 12 columns: one padded panel
 }
 
 
@@ -121,12 +122,13 @@ LAYOUTS = {  # plain matrices, head and w_gu shapes; 300 and 80 columns pad to w
 def test_matrix_layouts_equal_the_full_forward(layout):
   """Matrices as 128-wide XLA panels (one CPU thread), plain [D_in, N] (several), mixed,
   or as 32-wide panels run by `cpu_matmul` (the default on CPU where it builds)."""
-  if layout == "kernel" and not cpu_matmul.available():
+  kernel = layout.startswith("kernel")
+  if kernel and not cpu_matmul.available():
     pytest.skip("CPU kernel not built")
-  plain, head_shape, gu_shape = LAYOUTS[layout]
-  cfg = dataclasses.replace(CFG, vocab_size=300)
+  plain, F, head_shape, gu_shape = LAYOUTS[layout]
+  cfg = dataclasses.replace(CFG, vocab_size=300, intermediate_size=F)
   params = _random_params(cfg)
-  w = inference.prepare(cfg, params, plain=plain, kernel=layout == "kernel")
+  w = inference.prepare(cfg, params, plain=plain, kernel=kernel)
   assert w.head.shape == head_shape and w.layers[0]["w_gu"].shape == gu_shape
   out = Sampler(cfg).generate(w, PROMPTS, sampling=NO_EOS, max_new_tokens=6)
   for i, p in enumerate(PROMPTS):

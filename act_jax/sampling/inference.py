@@ -9,8 +9,10 @@ re-stacked, at every step. Measured on the small benchmark shape that was
 
 So generation runs on `InferenceWeights`: the same parameters unstacked per layer
 (one copy, made once per parameter version by `prepare`), with q/k/v and gate/up
-fused into one matmul each, every matrix stored as column panels (`panels`), or
-plain when it is wide and XLA:CPU has several threads (`plain_matrices`). The
+fused into one matmul each. On CPU every matrix is stored as 32-wide column panels
+that our own kernel multiplies (`cpu_matmul`, `use_kernel`); elsewhere, or where
+the kernel cannot be built, as 128-wide panels for XLA's dot (`panels`), or plain
+when wide and XLA:CPU has several threads (`plain_matrices`). The
 KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
 `[N, K, S, Hd]`: head-major, and each laid out as the right-hand matrix of its
 attention dot (q.k contracts Hd, p.v contracts S), so neither is transposed per
@@ -75,8 +77,11 @@ def constrain(x: jax.Array, logical: tuple[str | None, ...], mesh: Mesh | None) 
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def panels(w: jax.Array, width: int = PANEL) -> jax.Array:
+def panels(w: jax.Array, width: int = PANEL, exact: bool = False) -> jax.Array:
   """[D_in, ..., N] -> [..., ceil(N / width), D_in, width], zero-padded columns.
+
+  A matrix narrower than `width` becomes one panel of its own width, unless `exact`
+  (the kernel's panels are always `cpu_matmul.WIDTH` wide).
 
   Why: XLA:CPU's dot kernel (YNNPACK, 4 rows x 64 columns per tile) walks the
   weight matrix down its rows, one 256-byte piece per row at a stride of N
@@ -85,7 +90,7 @@ def panels(w: jax.Array, width: int = PANEL) -> jax.Array:
   Decoding is bound by reading the weights, so this is most of its speed.
   """
   d_in, *lead, n = w.shape
-  width = min(width, n)
+  width = width if exact else min(width, n)
   w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, -n % width)])
   w = w.reshape(d_in, *lead, -1, width)
   return jnp.moveaxis(w, 0, -2)
@@ -160,8 +165,10 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
     plain = frozenset()
   elif plain is None:
     plain = plain_matrices(cfg)
-  width = cpu_matmul.WIDTH if kernel else PANEL
-  mat = lambda name, w: w if name in plain else panels(w, width)
+  if kernel:
+    mat = lambda name, w: panels(w, cpu_matmul.WIDTH, exact=True)
+  else:
+    mat = lambda name, w: w if name in plain else panels(w)
   stacked = params["layers"]
   layers = []
   for i in range(cfg.num_layers):
