@@ -17,6 +17,7 @@ from act_jax.hf.__main__ import main as cli
 from act_jax.hf.verify import jax_logits, left_pad, max_logit_diff, torch_logits
 from act_jax.hf.weights import INDEX_FILE, SINGLE_FILE, weight_files
 from act_jax.models import graphdef, merge, positions_from_mask
+from act_jax.sampling import Sampler, SamplingConfig
 from act_jax.sharding import make_mesh
 
 torch = pytest.importorskip("torch", reason="PyTorch (CPU) is the parity reference")
@@ -324,3 +325,9 @@ def test_smollm2_matches_transformers(tmp_path):
   theirs = hf_greedy(_hf_model(d), tokens, mask, steps=24)
   np.testing.assert_array_equal(ours, theirs)
   assert "Paris" in tok.decode(ours[0])
+  # The KV-cache sampler (on CPU: the `cpu_matmul` kernel) decodes the same tokens.
+  out = Sampler(cfg).generate(params, rows, max_new_tokens=24,
+                              sampling=SamplingConfig(temperature=0.0, eos_ids=cfg.eos_ids))
+  for i, seq in enumerate(out.sequences()):
+    assert seq == theirs[i, :len(seq)].tolist() and (
+        len(seq) == 24 or seq[-1] in cfg.eos_ids), (i, seq, theirs[i])
