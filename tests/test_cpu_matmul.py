@@ -1,4 +1,6 @@
 """Our XLA:CPU panel kernel against NumPy float64 products."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,19 +57,31 @@ def test_bad_shapes_and_dtypes_are_named():
     cpu_matmul.matmul(x, jnp.zeros((3, 16, 32), jnp.bfloat16))
 
 
-def test_without_a_compiler_decoding_keeps_xla_dots(monkeypatch, tmp_path, caplog):
+CFG = ModelConfig(arch="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32,
+                  num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+
+
+@pytest.mark.parametrize("cxx", ["no-such-c++", "false"])  # missing; fails to compile
+def test_without_a_build_decoding_keeps_xla_dots(cxx, monkeypatch, tmp_path, caplog):
   """No build, no crash: a warning says why once, and `prepare` picks XLA's layouts."""
   before = cpu_matmul.available()
-  monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+  monkeypatch.setenv("CXX", str(tmp_path / cxx) if cxx == "no-such-c++" else cxx)
   monkeypatch.setenv("ACT_JAX_CACHE", str(tmp_path))
   cpu_matmul.available.cache_clear()
   try:
     assert not cpu_matmul.available()
-    assert "unavailable" in caplog.text and "no-such-c++" in caplog.text
-    cfg = ModelConfig(arch="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32,
-                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
-    assert not inference.use_kernel(cfg, None)
+    assert "unavailable" in caplog.text and cxx in caplog.text
+    assert not inference.use_kernel(CFG, None)
+    with pytest.raises(ValueError, match="cpu_matmul.available"):
+      inference.prepare(CFG, None, kernel=True)
   finally:
     monkeypatch.undo()
     cpu_matmul.available.cache_clear()
   assert cpu_matmul.available() == before  # builds (cached) and registers again
+
+
+def test_kernel_layout_refuses_bfloat16():
+  cfg = dataclasses.replace(CFG, dtype="bfloat16")
+  assert not inference.use_kernel(cfg, None)
+  with pytest.raises(ValueError, match="'bfloat16'"):
+    inference.prepare(cfg, None, kernel=True)

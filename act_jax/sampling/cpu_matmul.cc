@@ -86,9 +86,11 @@ constexpr int64_t kMinFmasPerThread = 1 << 21;  // below this, waking a thread c
 
 ffi::Error SmallMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
-  const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 3 || wd[2] != kWidth || wd[1] != xd[1]) {
-    return ffi::Error::InvalidArgument("act_small_matmul: want x [M, K], w [P, K, 32]");
+  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || wd[2] != kWidth || wd[1] != xd[1] ||
+      yd.size() != 2 || yd[0] != xd[0] || yd[1] != wd[0] * kWidth) {
+    return ffi::Error::InvalidArgument(
+        "act_small_matmul: want x [M, K], w [P, K, 32] and y [M, P * 32]");
   }
   auto work = std::make_shared<Work>();
   work->x = x.typed_data();

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -43,11 +44,12 @@ def _cpu_features() -> bytes:
 
 def _library() -> Path:
   """Compiles the kernel unless this source, jaxlib, compiler and CPU already have a build."""
-  cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-  if cxx is None:
+  cxx = shlex.split(os.environ.get("CXX", "")) or [shutil.which("c++") or shutil.which("g++")]
+  if cxx[0] is None:
     raise RuntimeError("no C++ compiler found (set CXX)")
+  version = subprocess.run([*cxx, "--version"], capture_output=True, timeout=60).stdout
   key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), jaxlib.__version__.encode(),
-                                   cxx.encode(), _cpu_features(), *map(str.encode, _FLAGS)])
+                                   version, _cpu_features(), *map(str.encode, _FLAGS)])
                        ).hexdigest()[:16]
   cache = Path(os.environ.get("ACT_JAX_CACHE", Path.home() / ".cache" / "act_jax"))
   lib = cache / f"cpu_matmul-{key}.so"
@@ -55,8 +57,8 @@ def _library() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # rename: atomic for parallel builds
       out = Path(tmp) / lib.name
-      cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)]
-      done = subprocess.run(cmd, capture_output=True, text=True)
+      cmd = [*cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)]
+      done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
       if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
       out.rename(lib)
@@ -70,10 +72,10 @@ def available() -> bool:
     return False
   try:
     handler = ctypes.cdll.LoadLibrary(str(_library())).ActSmallMatmul
-  except (OSError, RuntimeError, AttributeError) as e:
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+  except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
     log.warning("act_jax CPU matmul kernel unavailable, decoding uses XLA's dot: %s", e)
     return False
-  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handler), platform="cpu")
   return True
 
 

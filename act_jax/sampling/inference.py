@@ -162,6 +162,9 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
   G, dt = H // K, cfg.jnp_dtype
   kernel = use_kernel(cfg, mesh) if kernel is None else kernel
   if kernel:
+    if plain or cfg.jnp_dtype != jnp.float32 or not cpu_matmul.available():
+      raise ValueError(f"prepare(kernel=True) needs float32 (dtype is {cfg.dtype!r}), no plain "
+                       f"matrices (got {sorted(plain or ())}) and cpu_matmul.available()")
     plain = frozenset()
   elif plain is None:
     plain = plain_matrices(cfg)
