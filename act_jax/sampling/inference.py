@@ -16,8 +16,8 @@ when wide and XLA:CPU has several threads (`plain_matrices`). The
 KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
 `[N, K, S, Hd]`: head-major, and each laid out as the right-hand matrix of its
 attention dot (q.k contracts Hd, p.v contracts S), so neither is transposed per
-step. It is updated in place in the decode loop's carry. Numerics follow the decoder op for op (tests compare logits and greedy
-tokens against it).
+step. It is updated in place in the decode loop's carry. Numerics follow the decoder
+op for op (tests compare logits and greedy tokens against it).
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def panels(w: jax.Array, width: int = PANEL, exact: bool = False) -> jax.Array:
 
 
 def plain_matrices(cfg: ModelConfig) -> frozenset[str]:
-  """Which matrices `prepare` stores plain [D_in, N] rather than as `panels`.
+  """Without the kernel: which matrices `prepare` stores plain [D_in, N], not as `panels`.
 
   All panels on one XLA:CPU thread (and off CPU). With several threads (one per
   schedulable core) the wide ones are plain: YNNPACK parallelises a dot over tiles
