@@ -29,22 +29,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-B, P, G = 8, 64, 64
+B, P, G = 8, 64, 64  # as sampler.py (which the Tunix venv cannot import) and Tunix
 
 
 def ours(mode: str):
-  """(decode fn, its arguments) for act_jax on the small shape."""
+  """(decode fn, its arguments) for act_jax on the small shape, as benchmarks/sampler.py."""
   sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
   from act_jax.models import init_params
-  from act_jax.sampling import SamplingConfig, core
+  from sampler import programs, sampling_config
   from shapes import SHAPES, model_config
   cfg = model_config(SHAPES["small"])
-  sampling = SamplingConfig(temperature=0.0 if mode == "greedy" else 1.0, top_p=1.0, top_k=0,
-                            eos_ids=())
-  kw = dict(cfg=sampling, pad_id=0)
-  w = jax.jit(lambda p: core.inference_weights(cfg, p))(init_params(cfg, seed=0))
-  prefill = jax.jit(lambda w, t, m, k: core.prefill(cfg, w, t, m, k, n=1, slots=P + G, **kw))
-  decode = jax.jit(lambda w, st: core.decode(cfg, w, st, G + 1, **kw))
+  prepare, prefill, decode = programs(cfg, sampling_config(mode))
+  w = prepare(init_params(cfg, seed=0))
   ids = np.random.default_rng(0).integers(2, cfg.vocab_size, size=(B, P)).astype(np.int32)
   return decode, lambda: (w, prefill(w, ids, np.ones((B, P), bool), jax.random.key(0)))
 

@@ -66,10 +66,23 @@ def memory(compiled) -> dict:
                                           "temp_size_in_bytes", "alias_size_in_bytes")}
 
 
+def sampling_config(mode: str) -> SamplingConfig:
+  return SamplingConfig(temperature=0.0 if mode == "greedy" else 1.0, top_p=1.0, top_k=0,
+                        eos_ids=())
+
+
+def programs(cfg: ModelConfig, sampling: SamplingConfig):
+  """The jitted pieces `Sampler.generate` is made of: prepare, prefill, decode."""
+  statics = dict(cfg=sampling, pad_id=0)
+  prepare = jax.jit(lambda p: core.inference_weights(cfg, p))
+  prefill = jax.jit(lambda w, t, m, k: core.prefill(cfg, w, t, m, k, n=1, slots=P + G, **statics))
+  decode = jax.jit(lambda w, st: core.decode(cfg, w, st, G + 1, **statics), donate_argnums=1)
+  return prepare, prefill, decode
+
+
 def bench_mode(cfg: ModelConfig, params, mode: str, rng: np.random.Generator) -> dict:
   ids = rng.integers(2, cfg.vocab_size, size=(B, P)).astype(np.int32)
-  sampling = SamplingConfig(temperature=0.0 if mode == "greedy" else 1.0, top_p=1.0, top_k=0,
-                            eos_ids=())
+  sampling = sampling_config(mode)
   sampler = Sampler(cfg, pad_id=0)
   prompts = ids.tolist()
 
@@ -86,10 +99,7 @@ def bench_mode(cfg: ModelConfig, params, mode: str, rng: np.random.Generator) ->
   timed_compiles = c.count
 
   # Split timing with the jitted pieces `generate` is made of.
-  statics = dict(cfg=sampling, pad_id=0)
-  prepare = jax.jit(lambda p: core.inference_weights(cfg, p))
-  prefill = jax.jit(lambda w, t, m, k: core.prefill(cfg, w, t, m, k, n=1, slots=P + G, **statics))
-  decode = jax.jit(lambda w, st: core.decode(cfg, w, st, G + 1, **statics), donate_argnums=1)
+  prepare, prefill, decode = programs(cfg, sampling)
   tokens, mask = jax.device_put(ids), jax.device_put(np.ones((B, P), bool))
 
   def split():
