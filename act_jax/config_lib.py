@@ -198,6 +198,9 @@ class GRPOSection(Section):
   eps_low: float = 0.2  # DAPO clip-higher keeps exploration alive [I].
   eps_high: float = 0.28
   beta: float = 1e-3  # KL to the initial model; 0 loads no reference model [I].
+  # estimator="expected" only: a bonus on the exact entropy of its answer distribution
+  # (the answers and "malformed"), in place of the KL it has no samples to estimate.
+  entropy_coef: float = 0.0
   kl_estimator: str = "k3"
   aggregation: str = "token-mean"  # DAPO: long reasoning is not down-weighted [I].
   advantage: str = "grpo"  # (r - mean) / std; "dr_grpo": r - mean.
@@ -220,7 +223,11 @@ class GRPOSection(Section):
     yield "eps_high", self.eps_high >= 0, ">= 0"
     yield "beta", self.beta >= 0, ">= 0"
     yield "beta", self.estimator != "expected" or self.beta == 0, (
-        "0 with estimator='expected': it has no samples to estimate the KL on")
+        "0 with estimator='expected': it has no samples to estimate the KL on; "
+        "entropy_coef > 0 anchors it with its exact answer entropy instead")
+    yield "entropy_coef", self.entropy_coef >= 0, ">= 0"
+    yield "entropy_coef", self.estimator == "expected" or self.entropy_coef == 0, (
+        "0 with estimator='grpo': the entropy bonus is the expected estimator's")
     yield "kl_estimator", self.kl_estimator in grpo_loss.KL_ESTIMATORS, (
         f"one of {grpo_loss.KL_ESTIMATORS}")
     yield "aggregation", self.aggregation in grpo_loss.AGGREGATIONS, (

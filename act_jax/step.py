@@ -68,21 +68,27 @@ def init_state(params: Params, optimizer: optax.GradientTransformation, seed: in
           "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
-                 trainable: Trainable = Trainable()) -> Callable:
-  """`(train, frozen, batch) -> ((loss_sum, (denom, metrics)), grads of train)`.
+Terms = dict[str, jax.Array]  # the objective's terms by name: their sums, or denominators
 
-  A batch with `replay_*` fields (`act_jax.data.replay`) adds their weighted mean
-  action cross-entropy to the loss's (scaled by its denominator, so the step's mean
-  is the loss's mean + weight x the replay's; exact without accumulation, per
-  microbatch with it). With a frozen prefix the loss sees a model of the layers above it, fed the prefix's
-  output as `batch["prefix"]`: from the batch when a stage cached it
-  (`act_jax.data.prefix_cache`), else computed here from `frozen`, which is not
-  differentiated, so no gradient flows below the first trainable layer.
+
+def make_terms_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
+                  trainable: Trainable = Trainable()) -> Callable:
+  """`(train, frozen, batch) -> (sums, (denominators, metrics))`, one entry per term of
+  the objective sum_k sums[k] / denominators[k]: the registered loss's own ("loss"),
+  each extra term it returns (e.g. GRPO's KL over every real completion token, "kl"),
+  and, for a batch with `replay_*` fields (`act_jax.data.replay`), weight x the
+  replayed records' action cross-entropy over their target tokens ("replay").
+
+  Each term is a mean over its own tokens, so none vanishes or is rescaled when
+  another has none: a step whose GRPO groups were all filtered still takes its KL
+  anchor and its replay. With a frozen prefix the loss sees a model of the layers
+  above it, fed the prefix's output as `batch["prefix"]`: from the batch when a stage
+  cached it (`act_jax.data.prefix_cache`), else computed here from `frozen`, which is
+  not differentiated, so no gradient flows below the first trainable layer.
   """
   loss_fn = losses.get(loss_name)
 
-  def micro_loss(train, frozen, mb):
+  def terms(train, frozen, mb):
     mb, rep = replay.split(mb)
     if rep is not None and trainable.frozen_prefix:
       raise ValueError("config.train.replay_batch_size > 0 needs config.train.trainable="
@@ -100,15 +106,36 @@ def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
       mask = mb["mask"].reshape(-1, shape[-1]).astype(bool)
       x = decoder.prefix(model.cfg, frozen, tokens, positions_from_mask(mask), mask)
       mb = {**mb, "prefix": jax.lax.stop_gradient(x.reshape(*shape, -1))}
-    total, denom, metrics = loss_fn(model, mb, loss_cfg)
-    if rep is not None:  # + weight x the replayed records' mean CE (data.replay)
+    total, denom, metrics, *extra = loss_fn(model, mb, loss_cfg)
+    sums, denoms = {"loss": total}, {"loss": denom}
+    for name, (t, d) in (extra[0] if extra else {}).items():
+      sums[name], denoms[name] = t, d
+    if rep is not None:
       r_total, r_denom, _ = losses.get("action_ce")(model, rep)
-      r_mean = r_total / jnp.maximum(r_denom, 1.0)
-      total = total + rep["weight"][0] * r_mean * jax.lax.stop_gradient(denom)
-      metrics = {**metrics, "replay_loss": jax.lax.stop_gradient(r_mean)}
-    return total, (denom, metrics)
+      sums["replay"], denoms["replay"] = rep["weight"][0] * r_total, r_denom
+      metrics = {**metrics, "replay_loss": jax.lax.stop_gradient(
+          r_total / jnp.maximum(r_denom, 1.0))}
+    return sums, (denoms, metrics)
 
-  return jax.value_and_grad(micro_loss, has_aux=True)
+  return terms
+
+
+def objective(sums: Terms, denoms: Terms) -> jax.Array:
+  """sum_k sums[k] / denominators[k] (a term without tokens counts 0)."""
+  return sum(sums[k] / jnp.maximum(jax.lax.stop_gradient(denoms[k]), 1.0) for k in sums)
+
+
+def make_grad_fn(gdef: nnx.GraphDef, loss_name: str, loss_cfg: Any = None,
+                 trainable: Trainable = Trainable()) -> Callable:
+  """`(train, frozen, batch) -> ((objective, (sums, denominators, metrics)), grads)`:
+  `make_terms_fn`'s objective over this batch alone, and its gradient (of `train`)."""
+  terms = make_terms_fn(gdef, loss_name, loss_cfg, trainable)
+
+  def fn(train, frozen, mb):
+    sums, (denoms, metrics) = terms(train, frozen, mb)
+    return objective(sums, denoms), (sums, denoms, metrics)
+
+  return jax.value_and_grad(fn, has_aux=True)
 
 
 def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.GradientTransformation,
@@ -118,34 +145,48 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
   """Builds the pure step for the registered loss `loss_name`.
 
   Gradients and optimiser moments cover `trainable`'s part of the params only
-  (`make_grad_fn`); the frozen part is carried over bitwise. The batch is split into
+  (`make_terms_fn`); the frozen part is carried over bitwise. The batch is split into
   `updates_per_batch` minibatches (GRPO's mu), each one an optimiser update made of
-  `accum_steps` accumulated microbatches. An update whose loss
-  denominator is 0 (no loss tokens) leaves params and optimiser state untouched: AdamW
+  `accum_steps` accumulated microbatches; under accumulation each term's gradient is
+  accumulated apart and divided by its global denominator, so the update equals the
+  one-microbatch update. An update none of whose terms has a token (e.g. every GRPO
+  group filtered, no KL, no replay) leaves params and optimiser state untouched: AdamW
   would otherwise move the params on stale moments and advance the schedule.
   """
   grad_fn = make_grad_fn(gdef, loss_name, loss_cfg, trainable)
+  terms = make_terms_fn(gdef, loss_name, loss_cfg, trainable)
+
+  def accumulated(params, frozen, batch):
+    """Each term's summed gradient over the microbatches (one backward pass per term),
+    then divided by that term's global denominator."""
+    def one(mb):
+      sums, pull, (denoms, m) = jax.vjp(lambda t: terms(t, frozen, mb), params, has_aux=True)
+      unit = lambda k: {j: jnp.asarray(float(j == k), v.dtype) for j, v in sums.items()}
+      return sums, denoms, m, {k: pull(unit(k))[0] for k in sums}
+
+    mbs = _split(batch, accum_steps)
+    first = jax.tree.map(lambda x: x[0], mbs)
+    shapes = jax.eval_shape(one, first)
+
+    def body(carry, mb):
+      sums, denoms, m, grads = one(mb)
+      return jax.tree.map(jnp.add, carry, (sums, denoms, grads)), m
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         (shapes[0], shapes[1], shapes[3]))
+    (sums, denoms, grads), per_mb = jax.lax.scan(body, zeros, mbs)
+    metrics = {k: (v.sum() if k.startswith("n_") else v.mean()) for k, v in per_mb.items()}
+    scaled = [jax.tree.map(lambda g, k=k: g / jnp.maximum(denoms[k], 1.0), grads[k])
+              for k in grads]
+    return objective(sums, denoms), denoms, metrics, jax.tree.map(lambda *g: sum(g), *scaled)
 
   def update(state: TrainState, batch: dict[str, jax.Array]):
     params, frozen = trainable.split(state["params"])
     if accum_steps == 1:
-      (total, (denom, metrics)), grads = grad_fn(params, frozen, batch)
+      (loss, (_, denoms, metrics)), grads = grad_fn(params, frozen, batch)
     else:
-      mbs = _split(batch, accum_steps)
-
-      def body(carry, mb):
-        g_acc, t_acc, d_acc = carry
-        (t, (d, m)), g = grad_fn(params, frozen, mb)
-        return (jax.tree.map(jnp.add, g_acc, g), t_acc + t, d_acc + d), m
-
-      zeros = jax.tree.map(jnp.zeros_like, params)
-      (grads, total, denom), per_mb = jax.lax.scan(
-          body, (zeros, jnp.zeros(()), jnp.zeros(())), mbs)
-      metrics = {k: (v.sum() if k.startswith("n_") else v.mean()) for k, v in per_mb.items()}
-    signal = denom > 0
-    denom = jnp.maximum(denom, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    loss = total / denom
+      loss, denoms, metrics, grads = accumulated(params, frozen, batch)
+    signal = sum(denoms.values()) > 0
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # Zeroed grads keep NaNs out of the (discarded) update's arithmetic.

@@ -65,7 +65,7 @@ def expected_loss_batch():
 @pytest.mark.parametrize("advantage", ["dr_grpo", "grpo"])
 def test_gradient_is_the_enumerated_policy_gradient(advantage):
   """grad of the loss = -(1/P) sum_x w_x E_y[(r(y) - E[r]) grad log p(y|x)], y over ALL
-  completions, w_x = 1 (dr_grpo) or 1 / std_y r(y) (grpo); its metrics are E[r], the
+  completions, w_x = 1 (dr_grpo) or 1 / (std_y r(y) + 1e-3) (grpo); its metrics are E[r], the
   answers' mass and p(expert's) > p(other)."""
   params = models.init_params(CFG, 3)
   batch = {k: jnp.asarray(v) for k, v in expected_loss_batch().items()}
@@ -80,7 +80,7 @@ def test_gradient_is_the_enumerated_policy_gradient(advantage):
 
   def reference(p):
     outs = [enumerated(p, x, l) for x, l in zip(PROMPTS, LABELS)]
-    w = [1.0 if advantage == "dr_grpo" else 1.0 / o[1][4] for o in outs]
+    w = [1.0 if advantage == "dr_grpo" else 1.0 / (o[1][4] + expected.STD_EPS) for o in outs]
     return sum(wi * o[0] for wi, o in zip(w, outs)) / len(outs), [o[1][:4] for o in outs]
 
   ref_grads, aux = jax.jit(jax.grad(reference, has_aux=True))(params)
@@ -250,3 +250,63 @@ def test_expected_needs_answers_that_parse_as_their_letters():
     stages.make("act", c, **inputs)
   with pytest.raises(ValueError, match=r"do not all parse as their letters"):
     stages.make("act", c, **inputs, answers={"A": [2, 4, EOS], "B": [2, 4, EOS]})
+
+
+class Bigram:
+  """A model whose logits at a position are a row of `w` picked by the token there:
+  a critic whose answers can be set to any saturation."""
+
+  def __init__(self, w):
+    self.w = w
+
+  def hidden(self, tokens, positions, mask, x=None):
+    return jax.nn.one_hot(tokens, self.w.shape[0], dtype=self.w.dtype)
+
+  def logits(self, h):
+    return h @ self.w
+
+
+def saturated_bigram():
+  """Prompt 1 (label A) ends in token 7, whose row puts A's first token 20 nats above
+  every other; prompt 2 (label B) ends in 6, saturated on A too: one critic agreeing
+  with its letter bias, one confidently wrong. Row 2 (after A's letter) saturates EOS."""
+  w = np.random.default_rng(0).normal(0, 0.5, (CFG.vocab_size, CFG.vocab_size))
+  for row, tok in ((7, 2), (6, 2), (2, EOS)):
+    w[row] = 0.0
+    w[row, tok] = 20.0
+  return w
+
+
+def test_saturated_gradient_equals_the_float64_reference():
+  """At letter-logit gaps of 20 (answer probabilities within 1e-8 of 1) the float32
+  loss's gradient equals the textbook formula's in float64: it used to round the
+  answer's probability to 1 and its reward std to 0, weighting a rounding residual by
+  1e6 (hundreds of times the exact update, pushed further into the bias)."""
+  batch = expected_loss_batch()
+  cfg = grpo_loss.GRPOConfig(advantage="grpo")
+  w = saturated_bigram()
+
+  def ours(w32):
+    total, denom, _ = expected.expected_reward_loss(Bigram(w32), batch, cfg)
+    return total / denom
+
+  got = np.asarray(jax.grad(ours)(jnp.asarray(w, jnp.float32)))
+
+  with jax.enable_x64(True):
+    def reference(w64):
+      b = {k: jnp.asarray(v) for k, v in batch.items()}
+      logits = Bigram(w64).hidden(b["tokens"], None, None) @ w64  # [P, S, T, V]
+      logp = jax.nn.log_softmax(logits, axis=-1)
+      T = b["tokens"].shape[-1]
+      tok = jnp.take_along_axis(logp[:, :, T - C - 1:T - 1], b["tokens"][:, :, T - C:, None],
+                                axis=-1)[..., 0]
+      p = jnp.exp(jnp.sum(tok * b["completion_mask"], axis=-1))  # [P, S]
+      r, r_m = b["answer_reward"], b["malformed_reward"]
+      mean = jnp.sum(p * r, -1) + (1 - jnp.sum(p, -1)) * r_m
+      second = jnp.sum(p * r * r, -1) + (1 - jnp.sum(p, -1)) * r_m * r_m
+      std = jax.lax.stop_gradient(jnp.sqrt(second - mean ** 2))
+      return -jnp.mean((mean - r_m) / (std + expected.STD_EPS))
+
+    want = np.asarray(jax.grad(reference)(jnp.asarray(w, jnp.float64)))
+  assert np.abs(want).max() > 1e-7  # a real (if small: saturated) signal
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6 * np.abs(want).max())

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+import optax
 
 from act_jax import config_lib, loop, losses, params as params_lib, sharding, step as step_lib
 from act_jax.losses import grpo
@@ -34,33 +35,33 @@ def np_advantages(rewards, std):
   return out
 
 
-def np_token_loss(logp, old, adv, ref, eps_low, eps_high, beta):
+def np_token_loss(logp, old, adv, eps_low, eps_high):
   ratio = np.exp(logp - old)
   unclipped = -adv * ratio
   clipped = -adv * min(max(ratio, 1 - eps_low), 1 + eps_high)
-  loss = max(unclipped, clipped)
-  if beta:
-    loss += beta * (np.exp(ref - logp) - (ref - logp) - 1)
-  return loss, clipped > unclipped
+  return max(unclipped, clipped), clipped > unclipped
 
 
-def np_grpo(logp, old, adv, ref, w, cfg):
-  """Returns (loss, clip fraction) by loops over rows and tokens."""
+def np_grpo(logp, old, adv, ref, w, cfg, real):
+  """Returns (loss, clip fraction) by loops over rows and tokens: the aggregated policy
+  gradient over the tokens that count (w), + beta x the mean k3 KL over every real one."""
   per_seq, n_tok, total, clips = [], 0, 0.0, 0
   for i in range(logp.shape[0]):
     s, n = 0.0, 0
     for t in range(logp.shape[1]):
       if w[i, t]:
-        l, c = np_token_loss(logp[i, t], old[i, t], adv[i], ref[i, t], cfg.eps_low,
-                             cfg.eps_high, cfg.beta)
+        l, c = np_token_loss(logp[i, t], old[i, t], adv[i], cfg.eps_low, cfg.eps_high)
         s, n, clips = s + l, n + 1, clips + c
     total, n_tok = total + s, n_tok + n
     if n:
       per_seq.append(s / n if cfg.aggregation == "sequence-mean-token-mean"
                      else s / logp.shape[1])
+  kl = [np.exp(ref[i, t] - logp[i, t]) - (ref[i, t] - logp[i, t]) - 1
+        for i in range(logp.shape[0]) for t in range(logp.shape[1]) if real[i, t]]
+  anchor = cfg.beta * sum(kl) / len(kl) if cfg.beta else 0.0
   if cfg.aggregation == "token-mean":
-    return total / n_tok, clips / n_tok
-  return sum(per_seq) / len(per_seq), clips / n_tok
+    return total / n_tok + anchor, clips / n_tok
+  return sum(per_seq) / len(per_seq) + anchor, clips / n_tok
 
 
 @jax.jit
@@ -137,14 +138,16 @@ def test_loss_matches_numpy(aggregation, estimator, beta, filt):
                                            estimator == "grpo").reshape(-1), rtol=1e-5,
                              atol=1e-6)
   cfg = grpo.GRPOConfig(eps_low=0.2, eps_high=0.28, beta=beta, aggregation=aggregation)
-  total, denom, m = _grpo_loss(cfg, params, batch)
+  total, denom, m, extra = _grpo_loss(cfg, params, batch)
   w = batch["completion_mask"]
   # The zero-variance group: no weight when filtered, zero advantage when kept.
   assert w[G:].any() != filt and not batch["advantages"][G:].any()
   want, want_clip = np_grpo(logp, batch["old_logps"].astype(np.float64),
                             batch["advantages"].astype(np.float64),
-                            batch["ref_logps"].astype(np.float64), w, cfg)
-  np.testing.assert_allclose(total / denom, want, rtol=2e-5, atol=1e-6)
+                            batch["ref_logps"].astype(np.float64), w, cfg,
+                            batch["mask"][:, -C:])
+  got = total / denom + sum(t / d for t, d in extra.values())
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
   np.testing.assert_allclose(m["clip_frac"], want_clip, rtol=1e-6)
   assert m["clip_frac_low"] > 0 and m["clip_frac_high"] > 0  # both sides exercised
   assert int(m["n_loss_tokens"]) == w.sum()
@@ -158,20 +161,25 @@ def test_gradient_wrt_logprobs_matches_numpy(aggregation, beta):
   _, batch, logp, _ = random_batch(filter_zero_variance=False)
   cfg = grpo.GRPOConfig(beta=beta, aggregation=aggregation)
   b = jax.tree.map(jnp.asarray, batch)
-  grad = jax.grad(lambda lp: (lambda t, d, _: t / d)(*grpo.policy_objective(lp, b, cfg)))(
-      jnp.asarray(logp, jnp.float32))
+  def loss(lp):
+    t, d, _, extra = grpo.policy_objective(lp, b, cfg)
+    return t / d + sum(s / n for s, n in extra.values())
+
+  grad = jax.grad(loss)(jnp.asarray(logp, jnp.float32))
   old, ref = batch["old_logps"], batch["ref_logps"]
   adv, w = batch["advantages"][:, None], batch["completion_mask"].astype(np.float64)
+  real = batch["mask"][:, -C:].astype(np.float64)
   ratio = np.exp(logp - old)
   clipped = (-adv * np.clip(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)) > (-adv * ratio)
-  g = np.where(clipped, 0.0, -adv * ratio) + beta * (1 - np.exp(ref - logp))
+  g = np.where(clipped, 0.0, -adv * ratio)
   if aggregation == "token-mean":
     weights = w / w.sum()
   else:
     n = w.sum(1, keepdims=True)
     per_seq = 1 / np.maximum(n, 1) if aggregation == "sequence-mean-token-mean" else 1 / C
     weights = w * per_seq / (n > 0).sum()
-  np.testing.assert_allclose(grad, g * weights, rtol=1e-4, atol=1e-7)
+  kl_grad = beta * (1 - np.exp(ref - logp)) * real / real.sum()
+  np.testing.assert_allclose(grad, g * weights + kl_grad, rtol=1e-4, atol=1e-7)
 
 
 def test_all_groups_filtered_gives_zero_loss_and_weight():
@@ -180,10 +188,12 @@ def test_all_groups_filtered_gives_zero_loss_and_weight():
   assert n_zero == 2 and not keep.any() and not adv.any()
   _, batch, _, _ = random_batch()
   batch["completion_mask"][:] = False
-  total, denom, m = grpo.policy_objective(jnp.zeros((PROMPTS * G, C)),
-                                          jax.tree.map(jnp.asarray, batch),
-                                          grpo.GRPOConfig(beta=0.1))
+  total, denom, m, extra = grpo.policy_objective(jnp.zeros((PROMPTS * G, C)),
+                                                 jax.tree.map(jnp.asarray, batch),
+                                                 grpo.GRPOConfig(beta=0.1))
   assert float(total) == 0.0 and float(denom) == 0.0 and int(m["n_seqs"]) == 0
+  # The KL anchor keeps every real token (kl = 0 here: logp = ref = 0 on them).
+  assert float(extra["kl"][1]) == batch["mask"][:, -C:].sum() > 0
 
 
 def test_build_loss_batch_layout():
@@ -207,8 +217,8 @@ def _loss_and_grads(mesh, batch, cfg):
   params = init_params(CFG, 0, pshard)
 
   def loss(p, b):
-    total, denom, _ = losses.get("grpo")(nnx.merge(graphdef(CFG), p), b, cfg)
-    return total / denom
+    total, denom, _, extra = losses.get("grpo")(nnx.merge(graphdef(CFG), p), b, cfg)
+    return total / denom + sum(t / d for t, d in extra.values())
 
   return jax.device_get(jax.jit(jax.value_and_grad(loss))(params,
                                                           sharding.shard_batch(batch, mesh)))
@@ -239,11 +249,53 @@ def _update_counts(opt_state) -> list[int]:
           if jax.tree_util.keystr(path).endswith(".count")]
 
 
-def _grpo_step(accum_steps=1, updates_per_batch=1):
+def _grpo_step(accum_steps=1, updates_per_batch=1, beta=0.0):
   opt = step_lib.make_optimizer({"lr": 1e-2, "warmup_steps": 0, "total_steps": 10})
-  fn = step_lib.make_train_step(graphdef(CFG), "grpo", opt, grpo.GRPOConfig(beta=0.1),
+  fn = step_lib.make_train_step(graphdef(CFG), "grpo", opt, grpo.GRPOConfig(beta=beta),
                                 accum_steps, updates_per_batch)
   return opt, jax.jit(fn)
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_kl_anchor_holds_when_every_group_is_filtered(accum_steps):
+  """Every group agreeing (all filtered) is when a collapsing policy needs its anchor:
+  the step still takes the KL term's gradient, exactly beta x grad mean k3 over the
+  real completion tokens, whatever the accumulation."""
+  params, batch, _, _ = random_batch()
+  empty = {**batch, "completion_mask": np.zeros_like(batch["completion_mask"])}
+  beta = 0.1
+  real = jnp.asarray(batch["mask"][:, -C:], jnp.float32)
+
+  def kl_mean(p):
+    lp, _ = grpo.completion_logprobs(nnx.merge(graphdef(CFG), p), jnp.asarray(batch["tokens"]),
+                                     jnp.asarray(batch["mask"]), C)
+    kl = grpo.kl_penalty(lp, jnp.asarray(batch["ref_logps"]))
+    return beta * jnp.sum(kl * real) / jnp.sum(real)
+
+  want = jax.grad(kl_mean)(params)
+  opt = optax.sgd(1.0)  # the update is minus the gradient
+  fn = jax.jit(step_lib.make_train_step(graphdef(CFG), "grpo", opt, grpo.GRPOConfig(beta=beta),
+                                        accum_steps))
+  state, m = fn(step_lib.init_state(params, opt, 0), empty)
+  assert int(m["no_signal"]) == 0
+  for new, old, g in zip(*(jax.tree.leaves(x) for x in (state["params"], params, want))):
+    np.testing.assert_allclose(np.asarray(old) - np.asarray(new), g, rtol=2e-4, atol=1e-7)
+
+
+def test_accumulated_terms_equal_one_microbatch():
+  """Policy gradient and KL, each over its own global token count: two microbatches
+  give the one-microbatch update, though the terms' counts differ per microbatch."""
+  params, batch, _, _ = random_batch(filter_zero_variance=True)
+  opt = optax.sgd(1.0)
+  out = []
+  for accum in (1, 2):
+    fn = jax.jit(step_lib.make_train_step(graphdef(CFG), "grpo", opt,
+                                          grpo.GRPOConfig(beta=0.1), accum))
+    out.append(fn(step_lib.init_state(params, opt, 0), batch))
+  (a, ma), (b, mb) = out
+  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("accum_steps, mu", [(1, 1), (2, 2)])

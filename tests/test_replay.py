@@ -5,6 +5,7 @@ the replayed records' mean cross-entropy, each computed alone on the plain forwa
 """
 import jax
 import numpy as np
+import optax
 import pytest
 
 from act_jax import losses, models, step as step_lib
@@ -37,7 +38,7 @@ def test_step_adds_the_weighted_replay_loss():
   rep = replay.Replay(records(10, 2), batch_size=4, weight=0.3, seed=0, pad_id=0).batch(1)
   grad_fn = jax.jit(step_lib.make_grad_fn(gdef, "action_ce"))
   frozen = Trainable().split(params)[1]
-  (total, (denom, metrics)), grads = grad_fn(params, frozen, {**own, **rep})
+  (loss, (_, _, metrics)), grads = grad_fn(params, frozen, {**own, **rep})
 
   def mean(p, b):
     t, d, _ = losses.get("action_ce")(models.merge(gdef, p), b)
@@ -45,11 +46,35 @@ def test_step_adds_the_weighted_replay_loss():
 
   unprefixed = replay.split(rep)[1]
   want = lambda p: mean(p, own) + 0.3 * mean(p, unprefixed)
-  np.testing.assert_allclose(total / denom, want(params), rtol=1e-5)
+  np.testing.assert_allclose(loss, want(params), rtol=1e-5)
   np.testing.assert_allclose(metrics["replay_loss"], mean(params, unprefixed), rtol=1e-5)
   ref = jax.grad(want)(params)
   for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
-    np.testing.assert_allclose(np.asarray(g) / denom, r, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-6)
+
+
+def test_replay_trains_on_a_step_whose_own_loss_has_no_tokens():
+  """Replay is its own term: a step whose loss has nothing to learn from (a critic
+  step without judgment signal, every GRPO group filtered) still takes the replay
+  update, w x grad of the replay mean (it used to be scaled by the loss's empty
+  denominator, so it vanished exactly there)."""
+  params = models.init_params(CFG, 0)
+  gdef = models.graphdef(CFG)
+  own = data_pipeline.collate(records(4, 1), 32, 0, "supervised")
+  own["target_mask"] = np.zeros_like(own["target_mask"])  # no loss tokens of its own
+  rep = replay.Replay(records(10, 2), batch_size=4, weight=0.3, seed=0, pad_id=0).batch(1)
+  opt = optax.sgd(1.0)
+  step = jax.jit(step_lib.make_train_step(gdef, "action_ce", opt))
+  state, m = step(step_lib.init_state(params, opt, 0), {**own, **rep})
+  assert int(m["no_signal"]) == 0
+
+  def replay_mean(p):
+    t, d, _ = losses.get("action_ce")(models.merge(gdef, p), replay.split(rep)[1])
+    return 0.3 * t / d
+
+  want = jax.grad(replay_mean)(params)
+  for new, old, g in zip(*(jax.tree.leaves(x) for x in (state["params"], params, want))):
+    np.testing.assert_allclose(np.asarray(old) - np.asarray(new), g, rtol=1e-4, atol=1e-7)
 
 
 def test_replay_is_refused_under_a_frozen_prefix():

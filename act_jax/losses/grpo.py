@@ -10,9 +10,11 @@ Per token, with r = exp(logp - old_logp) and advantage A:
   pg = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))     (DAPO's asymmetric clip)
   kl = exp(ref - logp) - (ref - logp) - 1                     (k3, Schulman; or k1:
                                                                logp - ref, as Tunix's "kl")
-  loss = pg + beta kl
-aggregated as (sum, denominator) so the step's global division is exact under
-gradient accumulation and sharding:
+  loss = aggregate(pg) + beta mean(kl)
+the policy gradient aggregated over the tokens of the groups that count, the KL
+averaged over every real completion token (filtered groups included: a separate term
+with its own denominator), each as (sum, denominator) so the step's global division is
+exact under gradient accumulation and sharding. The aggregations:
   token-mean                    sum of token losses / number of tokens (default, DAPO:
                                 every token weighs the same, so long reasoning is not
                                 down-weighted as in per-sequence means)
@@ -47,6 +49,8 @@ class GRPOConfig:
   advantage: the advantage estimator's name. The sampled loss reads advantages from
     the batch (computed on the host); the exact `expected_reward` loss applies it: with
     "grpo" each prompt's term is divided by its reward's std, as GRPO's advantages are.
+  entropy_coef: the `expected_reward` loss's bonus on its exact answer entropy (it has
+    no samples for a KL estimate).
   """
   eps_low: float = 0.2
   eps_high: float = 0.28
@@ -56,6 +60,7 @@ class GRPOConfig:
   temperature: float = 1.0
   norm_len: int = 0
   advantage: str = "grpo"
+  entropy_coef: float = 0.0
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:
@@ -90,15 +95,55 @@ def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completio
   logits = model.logits(h.reshape(N * C, h.shape[-1])).reshape(N, C, -1)
   if temperature != 1.0:
     logits = logits / temperature
-  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  e = jnp.exp(logits - top)
-  total = jnp.sum(e, axis=-1)
-  lse = top[..., 0] + jnp.log(total)
-  target = jnp.take_along_axis(logits, tokens[:, T - C:, None], axis=-1)[..., 0]
+  logp = token_logprob(logits, tokens[:, T - C:])
   entropy = None
   if with_entropy:
-    entropy = jax.lax.stop_gradient(lse - jnp.sum(e * logits, axis=-1) / total)
-  return target - lse, entropy
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - top)
+    total = jnp.sum(e, axis=-1)
+    entropy = jax.lax.stop_gradient(top[..., 0] + jnp.log(total)
+                                    - jnp.sum(e * logits, axis=-1) / total)
+  return logp, entropy
+
+
+@jax.custom_vjp
+def token_logprob(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """log softmax(logits)[target] over the last axis, exact to float32's relative
+  precision also when the target's probability is within 1e-7 of 1, and so is its
+  gradient.
+
+  The usual l_t - (top + log sum exp(l - top)) rounds the sum 1 + eps to 1 once eps is
+  below ~6e-8: a saturated token's log-prob becomes exactly 0 (its probability exactly
+  1) and its gradient 1 - softmax_t rounds to 0 or to a ~1e-7 residual. A saturated
+  critic's answer then has no missing mass to measure and a gradient that is rounding
+  noise (`losses.expected`). Here log p = (l_t - l_top) - log1p(sum of the other
+  tokens' exp(l - l_top)), and the backward pass writes 1 - softmax_top as that sum
+  over (1 + that sum), never as a difference of near-equal numbers.
+  """
+  return _token_logprob_fwd(logits, target)[0]
+
+
+def _token_logprob_fwd(logits, target):
+  top_i = jnp.argmax(logits, axis=-1)[..., None]
+  l_top = jnp.take_along_axis(logits, top_i, axis=-1)
+  e = jnp.exp(logits - l_top)
+  is_top = jnp.arange(logits.shape[-1]) == top_i
+  rest = jnp.sum(jnp.where(is_top, 0.0, e), axis=-1)
+  d = jnp.take_along_axis(logits, target[..., None], axis=-1) - l_top
+  return d[..., 0] - jnp.log1p(rest), (e, is_top, rest, target)
+
+
+def _token_logprob_bwd(res, ct):
+  e, is_top, rest, target = res
+  is_target = jnp.arange(e.shape[-1]) == target[..., None]
+  softmax = jnp.where(is_top, 1.0, e) / (1.0 + rest)[..., None]
+  # d log p_t / d l_j = [j = t] - softmax_j; at j = t = top that is rest / (1 + rest).
+  grad = jnp.where(is_target & is_top, (rest / (1.0 + rest))[..., None],
+                   is_target.astype(e.dtype) - softmax)
+  return ct[..., None] * grad, None
+
+
+token_logprob.defvjp(_token_logprob_fwd, _token_logprob_bwd)
 
 
 def _masked_mean(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -113,16 +158,23 @@ def grpo_loss(model, batch: dict[str, jax.Array], cfg: GRPOConfig | None = None)
   logp, entropy = completion_logprobs(model, batch["tokens"], batch["mask"], C,
                                       cfg.temperature, with_entropy=True,
                                       prefix=batch.get("prefix"))
-  total, denom, metrics = policy_objective(logp, batch, cfg)
+  total, denom, metrics, extra = policy_objective(logp, batch, cfg)
   # Diagnostics cover every sampled token, filtered groups included.
   real = batch["mask"][:, -C:].astype(jnp.float32)
   metrics["entropy"] = _masked_mean(entropy, real)
-  return total, denom, metrics
+  return total, denom, metrics, extra
 
 
 def policy_objective(logp: jax.Array, batch: dict[str, jax.Array], cfg: GRPOConfig
-                     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-  """The clipped surrogate (+ KL) on per-token log-probs [N, C]: (sum, denom, metrics)."""
+                     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array],
+                                dict[str, tuple[jax.Array, jax.Array]]]:
+  """The clipped surrogate on per-token log-probs [N, C]: (sum, denom, metrics, extra).
+
+  `extra["kl"]` (beta > 0): beta x the KL summed over every real completion token, and
+  their count: its own term (`step.make_terms_fn`), a token mean over the completions
+  of filtered groups too, so the anchor holds exactly when the groups agree (a
+  collapsing policy) instead of vanishing with their policy-gradient weight.
+  """
   w = batch["completion_mask"].astype(jnp.float32)
   C = w.shape[1]
   real = batch["mask"][:, -C:].astype(jnp.float32)
@@ -143,12 +195,13 @@ def policy_objective(logp: jax.Array, batch: dict[str, jax.Array], cfg: GRPOConf
       "n_loss_tokens": jnp.sum(w),
       "n_seqs": jnp.sum(jnp.sum(w, axis=1) > 0).astype(jnp.float32),
   }
+  extra = {}
   if cfg.beta > 0:
     kl = kl_penalty(logp, batch["ref_logps"], cfg.kl_estimator)
-    per_token = per_token + cfg.beta * kl
+    extra["kl"] = (cfg.beta * jnp.sum(kl * real), jnp.sum(real))
     metrics["kl"] = _masked_mean(jax.lax.stop_gradient(kl), real)
   total, denom = aggregate(per_token, w, cfg)
-  return total, denom, metrics
+  return total, denom, metrics, extra
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:

@@ -38,7 +38,8 @@ def loss_config(g: config_lib.GRPOSection) -> grpo_loss.GRPOConfig:
   """The loss's settings (`g` has already refused truncated sampling)."""
   return grpo_loss.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta,
                               kl_estimator=g.kl_estimator, aggregation=g.aggregation,
-                              temperature=g.temperature, advantage=g.advantage)
+                              temperature=g.temperature, advantage=g.advantage,
+                              entropy_coef=g.entropy_coef)
 
 
 # --- Generation ---------------------------------------------------------------------
