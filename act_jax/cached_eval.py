@@ -125,14 +125,9 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
   """Answer-only forced choice over both A/B orders, from cached (prompt, answer) rows."""
   answers = examples.answer_ids(tokenizer, pcfg)
   letters = list(pcfg.letters)
-  other = dict(zip(letters, letters[::-1]))
-  swapped_text = [prompts_lib.critic_prompt(tokenizer, data_pipeline.as_text(r["state"]), data_pipeline.as_text(r["action_b"]),
-                                            data_pipeline.as_text(r["action_a"]), pcfg) for r in pairs]
-  swapped_ids = tokenizer(swapped_text, add_special_tokens=False)["input_ids"]
-  rows = [{"prompt_ids": np.asarray(r["prompt_ids"]), "label": data_pipeline.as_text(r["label"])}
-          for r in pairs]
-  rows += [{"prompt_ids": np.asarray(x, np.int32), "label": other[data_pipeline.as_text(r["label"])]}
-           for r, x in zip(pairs, swapped_ids)]
+  rows = [{"prompt_ids": np.asarray(x["prompt_ids"], np.int32),
+           "label": data_pipeline.as_text(x["label"])}
+          for x in examples.both_orders(pairs, tokenizer, pcfg)]
   suffixes = [answers[l] for l in letters]
   source = prefix_cache.attach(rows, "prompt_ids", frozen, model_cfg, cache_dir,
                                suffixes=suffixes, log=False)
@@ -163,9 +158,10 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
   first = np.asarray([l == letters[0] for l in labels])
   margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0])
   n = len(pairs)
-  margin = (margin[:n] + margin[n:]) / 2
+  margin = margin.reshape(n, 2).mean(1)  # each pair's two orders (examples.both_orders)
   forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
   episodes = [_episode(r) for r in pairs]
   return {"judgment_forced_accuracy": float(forced.mean()),
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
+          "first_letter_rate": float(np.mean(1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0])))),
           "judgment_pairs": n}

@@ -128,7 +128,7 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
       j = judgment_accuracy(sampler, params, tokenizer, pcfg, recs, judgment,
                             max_new_tokens=judgment_max_new_tokens, progress=bar.update)
       report["splits"].setdefault(split, {}).update(
-          {k: v for k, v in j.items() if k.startswith("judgment_")},
+          {k: v for k, v in j.items() if k.startswith("judgment_") or k == "first_letter_rate"},
           judgment_pairs=j["pairs"], judgment_max_new_tokens=j["max_new_tokens"])
   return report
 
@@ -179,9 +179,10 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
                       ) -> dict[str, Any]:
   """The critic on held-out pairs, greedy and by forced choice.
 
-  Greedy: one completion per pair in its dataset order, `max_new_tokens` long (the
-  critic stage's budget), scored by the stage's own reward function, so a critic that
-  reasons is judged as training judged it. Forced choice: for each A/B order, the
+  Greedy: one completion per pair and A/B order, `max_new_tokens` long (the critic
+  stage's budget), scored by the stage's own reward function, so a critic that reasons
+  is judged as training judged it; a pair scores the mean of its two orders, so a
+  letter preference earns exactly half. Forced choice: for each A/B order, the
   greedy reasoning (if any) is kept and log p of each answer string ("Answer: A" +
   EOS) compared after it; a pair counts as right when the expert's answer wins on
   the margin averaged over both orders (a tie counts half), which cancels a letter bias.
@@ -189,18 +190,9 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   `progress(n)` as n pairs are judged greedily.
   """
   answers = examples.answer_ids(tokenizer, prompt_cfg)
-  other = dict(zip(prompt_cfg.letters, prompt_cfg.letters[::-1]))
   # Two orders per pair: as stored, and with the candidates swapped (label swapped too).
-  rows: list[tuple[list[int], str]] = []
-  for r in records:
-    label = as_text(r["label"])
-    if "state" not in r:
-      raise ValueError("critic pair records lack their 'state' field (datasets written "
-                       "before forced-choice evaluation): rebuild the datasets step")
-    swapped = prompts_lib.critic_prompt(tokenizer, as_text(r["state"]), as_text(r["action_b"]),
-                                        as_text(r["action_a"]), prompt_cfg)
-    rows.append((np.asarray(r["prompt_ids"]).tolist(), label))
-    rows.append((tokenizer(swapped, add_special_tokens=False)["input_ids"], other[label]))
+  rows = [(np.asarray(x["prompt_ids"]).tolist(), as_text(x["label"]))
+          for x in examples.both_orders(records, tokenizer, prompt_cfg)]
   texts: list[str] = []
   for i in range(0, len(rows), batch_size):
     res = sampler.generate(params, [p for p, _ in rows[i:i + batch_size]], sampling=GREEDY,
@@ -210,7 +202,7 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
     if progress is not None:
       progress(len(seqs) // 2)  # two rows per pair; batch_size is even
   labels = [l for _, l in rows]
-  scores = rewards.judgment_reward(texts[::2], {judgment.label_key: labels[::2]}, judgment)
+  scores = rewards.judgment_reward(texts, {judgment.label_key: labels}, judgment)
   prompts, conts = [], []
   for (p, _), text in zip(rows, texts):
     prefix = reasoning_prefix(text, judgment)
@@ -228,12 +220,20 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0]).reshape(-1, 2).mean(1)
   forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
   episodes = [as_text(r["state_id"]).rsplit("/", 1)[0] for r in records]
-  greedy = scores.correct.astype(np.float64)
+  # Greedy, per pair: the mean over its two orders (a constant letter scores 0.5).
+  greedy = scores.correct.astype(np.float64).reshape(-1, 2).mean(1)
+  said_first = np.where(scores.correct, first, ~first) & ~scores.malformed
   n = len(records)
   return {"pairs": n, "episodes": len(set(episodes)),
           "judgment_accuracy": float(greedy.mean()) if n else 0.0,
           "judgment_accuracy_ci95": list(stats.cluster_bootstrap_ci(greedy, episodes)),
           "judgment_format_error_rate": float(scores.malformed.mean()) if n else 0.0,
+          # The letter bias over both orders (0.5: none): p(first letter | a letter) by
+          # the answers' scores, and the share of greedy answers naming the first.
+          "first_letter_rate": float(np.mean(1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))))
+          if n else 0.0,
+          "judgment_greedy_first_letter_rate": float(said_first.sum()
+                                                     / max((~scores.malformed).sum(), 1)),
           "judgment_forced_accuracy": float(forced.mean()) if n else 0.0,
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
           "max_new_tokens": int(max_new_tokens)}

@@ -11,9 +11,11 @@
   s<seed>/act   ACT critic GRPO from base                 (variants act, *_w_act)
   s<seed>/il    imitation from base / from act            (il, il_w_act)
   s<seed>/rl    GRPO on next-action generation, base/act  (rl, rl_w_act)
-  s<seed>/act_shuffled, s<seed>/act_blind
+  s<seed>/act_shuffled, s<seed>/act_blind, s<seed>/act_replay
                 the critic stage on control pairs (random labels; states from other
-                episodes: `act_jax.data.controls`), then IL (act_shuffled, act_blind)
+                episodes: `act_jax.data.controls`), or with every judgment reward 0 so
+                that only its replay trains; then IL (act_shuffled, act_blind,
+                il_w_replay) or RL (rl_w_act_shuffled, rl_w_act_blind, rl_w_replay)
   s<seed>/ee_iwm, s<seed>/ee_sr
                 the Early Experience baselines with the IL stage's budget
                 (`act_jax.data.early_experience`): implicit world modelling, then IL
@@ -45,16 +47,24 @@ from act_jax.policy import GREEDY
 from act_jax.sampling import Sampler
 from act_jax.trainable import Trainable
 
-VARIANTS = ("prompt", "il", "rl", "act", "il_w_act", "rl_w_act", "act_shuffled", "act_blind",
-            "ee_iwm", "ee_sr")
 # Each variant is a chain of training stages run from the base model.
 CHAINS = {"prompt": (), "il": ("il",), "rl": ("rl",), "act": ("act",),
           "il_w_act": ("act", "il"), "rl_w_act": ("act", "rl"),
+          # Controls: the critic stage without its signal (random labels; another
+          # episode's state; no judgment reward at all, only the stage's replay), then
+          # the same IL or RL stage.
           "act_shuffled": ("act_shuffled", "il"), "act_blind": ("act_blind", "il"),
+          "il_w_replay": ("act_replay", "il"),
+          "rl_w_act_shuffled": ("act_shuffled", "rl"), "rl_w_act_blind": ("act_blind", "rl"),
+          "rl_w_replay": ("act_replay", "rl"),
           "ee_iwm": ("ee_iwm", "il"), "ee_sr": ("ee_sr",)}
-# The control critic stages run the act stage's section on transformed pairs; the Early
-# Experience stages run the il section (its budget and loss) on their own records.
-SECTION = {"act_shuffled": "act", "act_blind": "act", "ee_iwm": "il", "ee_sr": "il"}
+VARIANTS = tuple(CHAINS)
+# The control critic stages run the act stage's section on transformed pairs (the
+# replay-only one with every judgment reward 0); the Early Experience stages run the il
+# section (its budget and loss) on their own records.
+SECTION = {"act_shuffled": "act", "act_blind": "act", "act_replay": "act", "ee_iwm": "il",
+           "ee_sr": "il"}
+REPLAY_ONLY = "act_replay"
 EARLY_EXPERIENCE = ("ee_iwm", "ee_sr")  # stages trained on the branching rollouts
 # Variants whose policy writes a reflection before its action.
 REFLECTING = tuple(v for v, chain in CHAINS.items() if "ee_sr" in chain)
@@ -70,13 +80,19 @@ def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_coll
     raise ValueError("config.grpo: a pipeline config sets GRPO per stage, in "
                      "config.stages.act.grpo and config.stages.rl.grpo")
   s = copy.deepcopy(c)
-  stage = SECTION.get(stage, stage)
+  orig, stage = stage, SECTION.get(stage, stage)
   sc = c.stages[stage]
   s.seed = seed
   given = lambda keys: {k: sc[k] for k in keys if sc.get(k) is not None}  # None keeps theirs
   s.train.update(given(("steps", "batch_size", "eval_every", "trainable", "replay_batch_size",
                         "replay_weight")))
   s.optim.update(given(("lr", "warmup_steps", "schedule")))
+  if orig == REPLAY_ONLY:
+    if not sc.get("replay_batch_size"):
+      raise ValueError("config.stages.act.replay_batch_size: the replay-only control "
+                       "(il_w_replay, rl_w_replay) trains on the critic stage's replay "
+                       "alone, and this config has none")
+    s.reward.update(dict(correct=0.0, wrong=0.0, malformed=0.0))  # no judgment signal
   if stage in ("act", "rl"):
     if "grpo" not in sc:
       raise ValueError(f"config.stages.{stage}.grpo: missing; the {stage} stage runs GRPO "
@@ -297,6 +313,9 @@ class Pipeline:
     if stage in controls.CONTROLS:  # seeded by the dataset seed: one cache for all seeds
       train = controls.CONTROLS[stage]([train[i] for i in range(len(train))], self.c.seed,
                                        self.tok, data_steps.prompt_config(self.c))
+    if section == "act":  # both A/B orders of every pair, in one batch (stages.critic)
+      train = examples.both_orders([train[i] for i in range(len(train))], self.tok,
+                                   data_steps.prompt_config(self.c))
     # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
     held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
             if section == "act" else None)

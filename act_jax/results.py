@@ -19,20 +19,30 @@ from act_jax import stats
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
-           "judgment_forced_accuracy", "unparsed_action_rate")
+           "judgment_forced_accuracy", "first_letter_rate", "unparsed_action_rate")
 SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
          "judgment_accuracy": "judgment acc (greedy)",
          "judgment_forced_accuracy": "judgment acc (forced choice)",
+         "first_letter_rate": "first-letter rate",
          "unparsed_action_rate": "unparsed actions (generate)"}
 # Each ACT variant against the baseline it extends, on the metrics the pair is about.
 # Both runs of a pair share the seed (data order), so their per-seed difference is paired.
-DELTAS = (("il_w_act", "il", ("success_rate", "next_action_accuracy")),
-          ("rl_w_act", "rl", ("success_rate", "next_action_accuracy")),
-          # The controls: critic training without its signal, then IL (pipeline.CHAINS).
-          ("act_shuffled", "il", ("success_rate", "next_action_accuracy")),
-          ("act_blind", "il", ("success_rate", "next_action_accuracy")),
-          ("il_w_act", "act_shuffled", ("success_rate", "next_action_accuracy")),
-          ("il_w_act", "act_blind", ("success_rate", "next_action_accuracy")),
+ACTION = ("success_rate", "next_action_accuracy")
+DELTAS = (("il_w_act", "il", ACTION),
+          ("rl_w_act", "rl", ACTION),
+          # The controls: critic training without its signal, then IL or RL
+          # (pipeline.CHAINS). Against the replay-only control the critic stage's replay
+          # cancels, so what is left is the judgment signal's.
+          ("il_w_act", "il_w_replay", ACTION),
+          ("il_w_act", "act_shuffled", ACTION),
+          ("il_w_act", "act_blind", ACTION),
+          ("il_w_replay", "il", ACTION),
+          ("act_shuffled", "il", ACTION),
+          ("act_blind", "il", ACTION),
+          ("rl_w_act", "rl_w_replay", ACTION),
+          ("rl_w_act", "rl_w_act_shuffled", ACTION),
+          ("rl_w_act", "rl_w_act_blind", ACTION),
+          ("rl_w_replay", "rl", ACTION),
           ("act", "prompt", ("judgment_accuracy", "judgment_forced_accuracy")),
           # The Early Experience baselines (they act in the env; ACT does not) against IL,
           # and ACT against each of them.

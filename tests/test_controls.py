@@ -69,3 +69,25 @@ def test_control_variants_run_the_act_section_under_their_own_fingerprint():
   prints = [pipeline.stage_fingerprint(c, s, 0) for s in ("act", "act_shuffled", "act_blind")]
   assert prints[0] != prints[1] != prints[2] != prints[0]
   assert prints[1]["stages"] == prints[0]["stages"] and prints[1]["reward"] == prints[0]["reward"]
+
+
+def test_replay_only_control_is_the_critic_stage_without_judgment_reward():
+  """il_w_replay / rl_w_replay: the act section's data, steps and replay, every judgment
+  reward 0 (so its loss and gradient are 0 and only the replay term trains); refused
+  where the act stage has no replay to keep."""
+  from tests.config_files import load
+  c = load("embedded")
+  assert pipeline.CHAINS["il_w_replay"] == ("act_replay", "il")
+  assert pipeline.CHAINS["rl_w_replay"] == ("act_replay", "rl")
+  assert pipeline.CHAINS["rl_w_act_shuffled"] == ("act_shuffled", "rl")
+  assert pipeline.CHAINS["rl_w_act_blind"] == ("act_blind", "rl")
+  act, ctrl = (pipeline.stage_config(c, s, 0) for s in ("act", "act_replay"))
+  assert ctrl.train.to_dict() == act.train.to_dict() and ctrl.train.replay_batch_size > 0
+  assert ctrl.grpo.to_dict() == act.grpo.to_dict()
+  assert (ctrl.reward.correct, ctrl.reward.wrong, ctrl.reward.malformed) == (0.0, 0.0, 0.0)
+  assert act.reward.correct == 1.0
+  assert pipeline.stage_fingerprint(c, "act_replay", 0) != pipeline.stage_fingerprint(c, "act", 0)
+  c.stages.act.replay_batch_size = 0
+  with pytest.raises(ValueError, match=r"config\.stages\.act\.replay_batch_size: the "
+                                       r"replay-only control"):
+    pipeline.stage_config(c, "act_replay", 0)

@@ -112,6 +112,27 @@ def test_judgment_is_scored_with_the_stage_budget_and_the_reward_parser(tok):
   assert cut["judgment_accuracy"] == 0.0 and cut["judgment_format_error_rate"] == 1.0
 
 
+class LetterCritic(FakeCritic):
+  """Always answers "A" greedily; its scores prefer A by 1 nat and know nothing else."""
+
+  def generate(self, params, ids, sampling, max_new_tokens):
+    return _Out([self.tok("Answer: A", add_special_tokens=False)["input_ids"] for _ in ids])
+
+
+def test_greedy_judgment_is_scored_in_both_orders_so_a_letter_earns_half(tok):
+  """On pairs whose stored order puts the expert at A, a critic that always says A
+  scored 100% when only the stored order counted; over both orders it scores 50%, and
+  its letter bias is reported (greedy: always A; by the answers' scores sigmoid(1))."""
+  recs, expert_of = _pairs(tok, n=12)
+  recs = [r for r in recs if r["label"] == "A"]
+  assert recs
+  out = evaluation.judgment_accuracy(LetterCritic(tok, expert_of, 0.0), None, tok, CFG, recs,
+                                     JUDGE, max_new_tokens=16)
+  assert out["judgment_accuracy"] == 0.5
+  assert out["judgment_greedy_first_letter_rate"] == 1.0
+  assert out["first_letter_rate"] == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
 @pytest.mark.parametrize("skill, expected", [(0.5, 1.0), (0.0, 0.5), (-0.5, 0.0)])
 def test_forced_choice_averages_both_orders_so_letter_bias_cancels(tok, skill, expected):
   # Letter A is preferred by 1 nat everywhere. Per order, the expert's margin is

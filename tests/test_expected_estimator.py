@@ -310,3 +310,34 @@ def test_saturated_gradient_equals_the_float64_reference():
     want = np.asarray(jax.grad(reference)(jnp.asarray(w, jnp.float64)))
   assert np.abs(want).max() > 1e-7  # a real (if small: saturated) signal
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6 * np.abs(want).max())
+
+
+def test_entropy_bonus_is_the_exact_answer_entropy():
+  """entropy_coef adds coef x H over the outcomes (each answer and "malformed") to the
+  per-prompt objective: H equals the entropy of the outcomes enumerated over every
+  completion, and the loss moves by exactly -coef x mean H."""
+  batch = {k: jnp.asarray(v) for k, v in expected_loss_batch().items()}
+  params = models.init_params(CFG, 5)
+  gdef = models.graphdef(CFG)
+
+  def loss(p, coef):
+    cfg = grpo_loss.GRPOConfig(advantage="dr_grpo", entropy_coef=coef)
+    total, denom, m = expected.expected_reward_loss(nnx.merge(gdef, p), batch, cfg)
+    return total / denom, m
+
+  (l0, m0), (l1, _) = loss(params, 0.0), loss(params, 0.3)
+  # The outcome distribution from the enumeration: the two answers and the rest.
+  h = []
+  for x, l in zip(PROMPTS, LABELS):
+    tokens = jnp.asarray(np.concatenate([np.tile(x, (len(YS), 1)), YS], axis=1))
+    T = tokens.shape[1]
+    logits = nnx.merge(gdef, params)(tokens, jnp.broadcast_to(jnp.arange(T), tokens.shape),
+                                     jnp.ones(tokens.shape, bool))
+    lp = jax.nn.log_softmax(logits[:, T - C - 1:T - 1], -1)
+    p = np.exp(np.asarray(jnp.take_along_axis(lp, tokens[:, T - C:, None], -1)[..., 0].sum(-1)))
+    kind = np.asarray([0 if list(y[:2]) == ANSWERS["A"] else 1 if list(y[:3]) == ANSWERS["B"]
+                       else 2 for y in YS])
+    q = np.asarray([p[kind == k].sum() for k in range(3)])
+    h.append(-(q * np.log(q)).sum())
+  np.testing.assert_allclose(m0["answer_entropy"], np.mean(h), rtol=1e-4)
+  np.testing.assert_allclose(l0 - l1, 0.3 * np.mean(h), rtol=1e-4)

@@ -13,6 +13,7 @@ import numpy as np
 
 from act_jax.data import prompts
 from act_jax.data.alternatives import stable_seed
+from act_jax.data.pipeline import as_text
 from act_jax.data.states import State
 
 _CHUNK = 256  # prompts tokenized per call: bounded memory, batched Rust calls.
@@ -75,6 +76,28 @@ def critic_records(states: Sequence[State], alternatives: Sequence[Sequence[str]
     for (key, rec), text, ids in zip(recs, texts, _encode(tokenizer, texts)):
       rec.update(prompt=text, prompt_ids=ids)
       yield key, rec
+
+
+def swapped_order(record: dict[str, Any], tokenizer: Any, cfg: prompts.PromptConfig
+                  ) -> dict[str, Any]:
+  """The critic pair with its candidates in the other order: the prompt re-rendered from
+  its state with actions b and a, the label the other letter."""
+  if "state" not in record:
+    raise ValueError("critic pair records lack their 'state' field (datasets written "
+                     "before both-order critic training): rebuild the datasets step")
+  a, b = as_text(record["action_a"]), as_text(record["action_b"])
+  text = prompts.critic_prompt(tokenizer, as_text(record["state"]), b, a, cfg)
+  other = dict(zip(cfg.letters, cfg.letters[::-1]))
+  return {**record, "action_a": b, "action_b": a, "label": other[as_text(record["label"])],
+          "prompt": text, "prompt_ids": _encode(tokenizer, [text])[0]}
+
+
+def both_orders(records: Sequence[dict[str, Any]], tokenizer: Any,
+                cfg: prompts.PromptConfig) -> list[dict[str, Any]]:
+  """Each critic pair followed by its `swapped_order`: trained in one batch
+  (`stages.critic`), the two orders cancel a letter preference's gradient pair by pair,
+  and their mean is the paper's random-order objective in expectation."""
+  return [x for r in records for x in (r, swapped_order(r, tokenizer, cfg))]
 
 
 def supervised_rows(tokenizer: Any, prompts_: Sequence[str],

@@ -206,6 +206,22 @@ class _ShuffledOrder:
     return out
 
 
+class _GroupedOrder:
+  """`_ShuffledOrder` over groups of `k` consecutive records (records g*k .. g*k+k-1),
+  each group kept together and in order inside one batch."""
+
+  def __init__(self, n: int, k: int, seed: int, lengths: np.ndarray, window: int, batch: int):
+    self._k = k
+    group_lengths = lengths.reshape(-1, k).max(axis=1)
+    self._groups = _ShuffledOrder(n // k, seed, group_lengths, window // k, batch // k)
+
+  def __getitem__(self, positions: slice) -> np.ndarray:
+    pos = np.arange(positions.start, positions.stop)
+    first, last = int(pos[0] // self._k), int(pos[-1] // self._k) + 1
+    groups = self._groups[slice(first, last)]
+    return groups[pos // self._k - first] * self._k + pos % self._k
+
+
 def num_batches(num_records: int, batch_size: int, shard_count: int,
                 num_epochs: int | None) -> int:
   """Batches each process yields; None epochs = endless."""
@@ -220,7 +236,7 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
                  max_len: int | None = None, num_epochs: int | None = None,
                  lengths: Sequence[int] | None = None, meta: bool | None = None,
                  num_threads: int = 0, prefetch: int = 8,
-                 group_by_length: int = 0) -> grain.DatasetIterator:
+                 group_by_length: int = 0, keep_together: int = 1) -> grain.DatasetIterator:
   """An iterator of fixed-shape numpy batches for this process.
 
   Args:
@@ -239,6 +255,8 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
       None = one pass over the source.
     group_by_length: 0, or a window of that many global batches whose records are
       sorted by length before batching (less padding; see `_ShuffledOrder`).
+    keep_together: k > 1 keeps each k consecutive records (0..k-1, k..2k-1, ...) in
+      one global batch, in order (a critic pair's two answer orders).
     meta: add the records' text fields under "meta"; default: in generation mode.
     num_threads: grain read threads (0 = read in the calling thread).
   """
@@ -286,7 +304,12 @@ def make_batches(source: Any, *, batch_size: int, seed: int, pad_id: int,
                        f"{global_bs}")
   if group_by_length < 0:
     raise ValueError(f"group_by_length must be >= 0, got {group_by_length}")
-  order = _ShuffledOrder(n, seed, lengths, group_by_length * global_bs, global_bs)
+  if keep_together > 1 and (n % keep_together or global_bs % keep_together):
+    raise ValueError(f"keep_together={keep_together}: the {n} records and the global batch "
+                     f"of {global_bs} must both be multiples of it")
+  order = (_GroupedOrder(n, keep_together, seed, lengths, group_by_length * global_bs,
+                         global_bs) if keep_together > 1
+           else _ShuffledOrder(n, seed, lengths, group_by_length * global_bs, global_bs))
   read = (source.__getitems__ if hasattr(source, "__getitems__")
           else lambda idx: [source[i] for i in idx])
 

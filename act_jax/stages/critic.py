@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from act_jax import loop, rewards
+from act_jax.data.pipeline import as_text
 from act_jax.stages import Inputs, grpo, register
 
 
@@ -39,20 +40,47 @@ def expected_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, labels: S
   """The `expected_reward` loss's batch: every prompt with every answer string
   (`answers[j]`: letter j's token ids), laid out by `grpo.candidate_batch`."""
   correct = np.asarray([[label == letter for letter in letters] for label in labels])
-  return grpo.candidate_batch(prompt_tokens, prompt_mask, [answers] * len(labels),
-                              np.where(correct, judgment.correct, judgment.wrong), correct,
-                              judgment.malformed, pad_id)
+  out = grpo.candidate_batch(prompt_tokens, prompt_mask, [answers] * len(labels),
+                             np.where(correct, judgment.correct, judgment.wrong), correct,
+                             judgment.malformed, pad_id)
+  out["first_letter"] = np.broadcast_to(np.arange(len(letters)) == 0, correct.shape).copy()
+  return out
+
+
+def check_both_orders(source: Any, batch_size: int, where: str) -> None:
+  """Refuses critic records that do not come as each pair's two A/B orders, one after
+  the other (`data.examples.both_orders`), or a batch that cannot hold whole pairs:
+  trained in one batch the two orders cancel a letter preference's gradient, which
+  one order alone leaves free (a batch's ±4-of-16 label imbalance moves it by steps
+  the size of the learning rate)."""
+  if batch_size % 2:
+    raise ValueError(f"{where}.batch_size={batch_size}: the critic's batches hold both A/B "
+                     "orders of each pair, so it must be even")
+  src = getattr(source, "uncached", source)
+  n = len(src)
+  for i in range(0, n - 1, 2):
+    a, b = src[i], src[i + 1]
+    if as_text(a["state_id"]) != as_text(b["state_id"]) or as_text(a["label"]) == as_text(
+        b["label"]):
+      raise ValueError(f"critic records {i} and {i + 1} ({as_text(a['state_id'])!r}) are not "
+                       "one pair's two A/B orders: pass data.examples.both_orders(records)")
+  if n % 2:
+    raise ValueError(f"{n} critic records: an odd count cannot be pairs' two A/B orders; "
+                     "pass data.examples.both_orders(records)")
 
 
 class CriticStage(grpo.GRPOStage):
   """GRPO with the pairwise-judgment reward; `evaluate` reports held-out accuracy.
 
-  With `config.grpo.estimator="expected"` training samples nothing: `prepare` pairs
+  Its records come as each pair's two A/B orders (`data.examples.both_orders`), and a
+  batch always holds both (`check_both_orders`). With `config.grpo.estimator="expected"`
+  training samples nothing: `prepare` pairs
   each prompt with every answer string (`answers`: letter -> token ids, EOS included)
   and the `expected_reward` loss takes the exact expected reward (`losses.expected`).
   """
   name = "act_critic"
   enumerable = True
+  keep_together = 2  # a pair's two A/B orders: check_both_orders
 
   def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
                detokenize: grpo.Detokenize, eval_source: Any = None,
@@ -62,6 +90,7 @@ class CriticStage(grpo.GRPOStage):
     super().__init__(config, train_source=train_source, detokenize=detokenize,
                      reward=reward or make_reward(config), eval_source=eval_source,
                      reference=reference)
+    check_both_orders(train_source, config.train.batch_size, "config.train")
     if self.g.estimator == "expected":
       self.loss = "expected_reward"
       self.judgment = reward_config(config)

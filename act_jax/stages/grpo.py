@@ -242,6 +242,7 @@ class GRPOStage(loop.Stage):
   name = "grpo"
   loss = "grpo"
   enumerable = False  # whether `config.grpo.estimator` may be "expected"
+  keep_together = 1  # consecutive records that share a batch (`pipeline.make_batches`)
 
   def __init__(self, config: ml_collections.ConfigDict, *, train_source: Any,
                reward: rewards_lib.RewardFn, detokenize: Detokenize,
@@ -266,7 +267,8 @@ class GRPOStage(loop.Stage):
         self.train_source, batch_size=self.config.train.batch_size // shard_count,
         seed=self.config.seed, pad_id=self._pad_id(None), mode="generation",
         shard_index=shard_index, shard_count=shard_count, meta=True,
-        group_by_length=self.config.data.get("group_by_length", 0))
+        group_by_length=self.config.data.get("group_by_length", 0),
+        keep_together=self.keep_together)
 
   def _pad_id(self, ctx: loop.Context | None) -> int:
     if self.g.pad_id is not None:

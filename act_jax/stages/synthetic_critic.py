@@ -52,7 +52,9 @@ def records(num_objects: int, count: int, seed: int, heldout: bool,
             heldout_mod: int = 5) -> list[dict[str, Any]]:
   """`count` critic records over the training or the held-out object pairs.
 
-  Held-out records alternate the expert's position, so a constant answer scores 50%.
+  Training records come as each pair's two A/B orders, one after the other (2 x count
+  records: `stages.critic.check_both_orders`); held-out records alternate the
+  expert's position, so a constant answer scores 50%.
   """
   rng = np.random.default_rng(seed)
   pairs = [(lo, hi) for lo in range(num_objects) for hi in range(lo + 1, num_objects)
@@ -63,11 +65,12 @@ def records(num_objects: int, count: int, seed: int, heldout: bool,
     lo, hi = pairs[rng.integers(len(pairs))]
     state = rng.integers(num_objects)
     expert_first = k % 2 == 0 if heldout else bool(rng.integers(2))
-    a, b = (hi, lo) if expert_first else (lo, hi)
-    ids = [_ID["state"], obj(state), _ID["A"], obj(a), _ID["B"], obj(b), _ID["?"]]
-    out.append({"state_id": f"{k}", "prompt_ids": np.asarray(ids, np.int32),
-                "label": "A" if expert_first else "B", "expert_action": f"o{hi}",
-                "alternative_action": f"o{lo}"})
+    for first in ((expert_first,) if heldout else (expert_first, not expert_first)):
+      a, b = (hi, lo) if first else (lo, hi)
+      ids = [_ID["state"], obj(state), _ID["A"], obj(a), _ID["B"], obj(b), _ID["?"]]
+      out.append({"state_id": f"{k}", "prompt_ids": np.asarray(ids, np.int32),
+                  "label": "A" if first else "B", "expert_action": f"o{hi}",
+                  "alternative_action": f"o{lo}"})
   return out
 
 
