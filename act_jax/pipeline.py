@@ -106,7 +106,7 @@ def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> di
   """Every setting a stage's training reads: its whole `stage_config`, less what cannot
   change the trained model, so that no config change is silently ignored on rerun.
 
-  Left out: which runs and exports to make (`pipeline.variants/seeds/export`),
+  Left out: which runs and exports to make (`pipeline.variants/seeds/first_seed/export`),
   evaluation (`eval`), the other stages' sections, and the other GRPO stage's reward.
   """
   d = stage_config(c, stage, seed).to_dict()
@@ -114,7 +114,7 @@ def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> di
   if stage in SECTION:
     d["control"] = stage
   d.pop("eval", None)
-  for k in ("variants", "seeds", "export"):
+  for k in ("variants", "seeds", "first_seed", "export"):
     d["pipeline"].pop(k, None)
   for section, reader in (("reward", "act"), ("action_reward", "rl")):
     if SECTION.get(stage, stage) != reader:
@@ -247,7 +247,8 @@ class Pipeline:
         "base", self.path("base"), base_deps, self.train_base,
         config=stage_fingerprint(c, "base", c.seed))
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
-    for seed in range(c.pipeline.seeds):
+    first = c.pipeline.get("first_seed", 0)  # a later slice of the seeds (another process)
+    for seed in range(first, first + c.pipeline.seeds):
       for v in variants(c):
         if not CHAINS[v] and seed > 0:
           continue  # θ0 and its greedy evaluation do not depend on the seed: one run
@@ -279,7 +280,7 @@ class Pipeline:
             + ([{"reflection_tokens": reflect}] if reflect else []))
         with open(os.path.join(self.path(ev_key), "eval.json")) as f:
           evals[v][seed] = json.load(f)["splits"]
-    return self.write_results(evals)
+    return self.write_results({v: e for v, e in evals.items() if e})
 
   # -- training ---------------------------------------------------------------------
   def train_base(self, out: str) -> str:
@@ -399,7 +400,7 @@ class Pipeline:
     return report["splits"]
 
   def write_results(self, evals: dict[str, dict[int, Any]]) -> dict[str, Any]:
-    order = variants(self.c)
+    order = [v for v in variants(self.c) if v in evals]
     doc = results_lib.write(self.dir, evals, order, extra={
         "config": json.loads(self.full_config.to_json_best_effort()),
         "policy_modes": evaluation.eval_modes(self.c)})

@@ -21,7 +21,8 @@ from act_jax import config_lib
 def get_config():
   c = config_lib.base()
   c.pipeline = ml_collections.ConfigDict(dict(
-      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=1, model_dir="", trajectories="",
+      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=1, first_seed=0, model_dir="",
+      trajectories="",
       export=True))
   c.env = ml_collections.ConfigDict(dict(
       name="twx", games=["simonsays", "peckingorder"], train_params={},

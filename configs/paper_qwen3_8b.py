@@ -16,7 +16,7 @@ from act_jax import config_lib
 def get_config():
   c = config_lib.base()
   c.pipeline = ml_collections.ConfigDict(dict(
-      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=3,  # [I]
+      variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=3, first_seed=0,  # [I]
       model_dir="models/Qwen3-8B", export=True,  # Qwen3-8B [V]
       trajectories="data/scienceworld_sft.json"))  # public conversation-format set
   c.env = ml_collections.ConfigDict(dict(
