@@ -105,19 +105,24 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
                         max_state_tokens=c.data.max_state_tokens, instruction=instruction,
                         reflection_tokens=reflection_tokens)
       bar.update_to(bar.n, {"doing": f"{mode} episodes"})
-      res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps, progress=bar.update)
+      res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps, keep_episodes=True,
+                             progress=bar.update)
       for split, r in res.items():
         key = split if mode == modes[0] else f"{split}[{mode}]"
         entry = report["splits"].setdefault(key, {})
         entry.update(success_rate=r["success_rate"], success_rate_ci95=r["success_ci95"],
                      invalid_action_rate=r["invalid_action_rate"], avg_steps=r["avg_steps"],
-                     policy_mode=mode)
+                     policy_mode=mode,
+                     success_rate_per_unit=[int(e["success"]) for e in r["per_episode"]],
+                     success_rate_unit_cluster=list(range(len(r["per_episode"]))))
         bar.update_to(bar.n, {"doing": f"{key} states"})
         na = rollout.next_action_accuracy(pol, trajs[split], max_states=c.eval.heldout_states,
                                           progress=bar.update)
         entry.update(next_action_accuracy=na["accuracy"],
                      next_action_accuracy_ci95=na["accuracy_ci95"],
-                     next_action_states=na["states"], next_action_episodes=na["episodes"])
+                     next_action_states=na["states"], next_action_episodes=na["episodes"],
+                     next_action_accuracy_per_unit=na["per_state"],
+                     next_action_accuracy_unit_cluster=na["per_state_episode"])
         if mode == "generate":
           entry["unparsed_action_rate"] = pol.unparsed / max(pol.generated, 1)
     judgment = judgment_config(c)
@@ -235,5 +240,10 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
           "judgment_greedy_first_letter_rate": float(said_first.sum()
                                                      / max((~scores.malformed).sum(), 1)),
           "judgment_forced_accuracy": float(forced.mean()) if n else 0.0,
+          # Per pair, in a fixed order, for deltas paired by pair (`results`).
+          "judgment_accuracy_per_unit": greedy.tolist(),
+          "judgment_forced_accuracy_per_unit": forced.tolist(),
+          "judgment_accuracy_unit_cluster": episodes,
+          "judgment_forced_accuracy_unit_cluster": episodes,
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
           "max_new_tokens": int(max_new_tokens)}

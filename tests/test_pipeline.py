@@ -62,6 +62,16 @@ def test_micro_run_produces_results_plots_and_exports(finished_run):
     m = splits["id"]["success_rate"]
     assert 0.0 <= m["mean"] <= 1.0 and len(m["per_seed"]) == 1
     assert 0.0 <= splits["id"]["next_action_accuracy"]["mean"] <= 1.0
+  # Each evaluation keeps its per-episode / state / pair outcomes, whose mean is its
+  # metric, for deltas paired by unit (against θ0's single evaluation too).
+  with open(os.path.join(workdir, "s0", "eval_il_w_act", "eval.json")) as f:
+    ev = json.load(f)["splits"]
+  for split in ("id", "ood_test_fold"):
+    for metric in ("success_rate", "next_action_accuracy", "judgment_accuracy",
+                   "judgment_forced_accuracy"):
+      units = ev[split][metric + "_per_unit"]
+      assert len(units) == len(ev[split][metric + "_unit_cluster"]) > 0
+      assert np.mean(units) == pytest.approx(ev[split][metric])
   for png in ("variants.png", "curves.png"):
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

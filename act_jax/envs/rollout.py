@@ -273,6 +273,8 @@ def next_action_accuracy(policy: Policy, trajectories: Iterable[Trajectory],
   ci = stats.cluster_bootstrap_ci(hits, [k for _, _, k in states], seed=seed)
   return {"states": n, "correct": correct, "accuracy": correct / n if n else 0.0,
           "accuracy_ci95": list(ci), "episodes": len({k for _, _, k in states}),
+          # Per state, in a fixed order, for deltas paired by state (`results`).
+          "per_state": [int(h) for h in hits], "per_state_episode": [k for _, _, k in states],
           "interval": "bootstrap over episodes",
           "admissible_rate": admissible / n if n else 0.0}
 
