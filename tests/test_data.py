@@ -67,7 +67,7 @@ def test_import_alfworld_conversation():
   alf, _, _ = importers.load_trajectories(CONVERSATIONS, drops=drops)
   assert alf.source == "alfworld" and alf.meta["id"] == "alfworld_0"
   assert alf.instruction.startswith("Interact with a household to solve a task.")
-  assert alf.task == "put some spraybottle on toilet."
+  assert alf.task == "Your task is to: put some spraybottle on toilet."
   # The "Here is your task." turn becomes the first observation, minus the task.
   assert alf.steps[0].observation.startswith("You are in the middle of a room.")
   assert alf.steps[0].observation.endswith("and a towelholder 1.")
@@ -100,11 +100,36 @@ def test_import_messages_with_system_turn():
   _, _, sw = importers.load_trajectories(CONVERSATIONS)
   assert sw.source == "sciworld"
   assert sw.instruction.startswith("You are a helpful assistant to do some scientific")
-  assert sw.task == ("find a(n) animal. First, focus on the thing. Then, move it "
+  assert sw.task == ("Your task is to find a(n) animal. First, focus on the thing. Then, move it "
                      "to the red box in the kitchen.")
   assert sw.steps[0].observation.startswith("This room is called the hallway.")
   assert sw.steps[-1].action == "focus on blue jay egg"
   assert len(sw.steps) == 5
+
+
+# Task text as the live environments return it (TWX's info["taskDescription"],
+# ScienceWorld's getTaskDescription()), already starting with "Your task is to".
+LIVE_TASKS = {
+    "twx": "Your task is to search the environment and find the coin.  "
+           "Once you find the coin, take it.",
+    "sciworld": "Your task is to find a(n) animal. First, focus on the thing. "
+                "Then, move it to the red box in the kitchen.",
+}
+
+
+@pytest.mark.parametrize("env", sorted(LIVE_TASKS))
+def test_imported_and_live_prompts_are_byte_identical(tok, env):
+  task, obs = LIVE_TASKS[env], "You are in the kitchen."
+  rec = {"messages": [{"role": "system", "content": "Be good."},
+                      {"role": "user", "content": f"{task}\n{obs}"},
+                      {"role": "assistant", "content": "Action: take coin"}]}
+  imported = importers.conversation_to_trajectory(rec)
+  live = Trajectory(task=task, instruction="Be good.", steps=[Step(obs, "take coin")])
+  [got] = states_lib.trajectory_states(imported, "t", tok, CFG)
+  [want] = states_lib.trajectory_states(live, "t", tok, CFG)
+  assert got.text == want.text
+  # The task phrase appears once, verbatim.
+  assert want.text == f"Be good.\n\n{task}\n\nObservation: {obs}"
 
 
 def test_task_in_first_turn_and_unmarked_second_turn():
@@ -113,7 +138,7 @@ def test_task_in_first_turn_and_unmarked_second_turn():
                                  "You are in the kitchen."},
       {"from": "gpt", "value": "Action: go to microwave 1"}]}
   t = importers.conversation_to_trajectory(one_turn)
-  assert (t.instruction, t.task) == ("Solve it.", "heat some egg.")
+  assert (t.instruction, t.task) == ("Solve it.", "Your task is to: heat some egg.")
   assert t.steps[0].observation == "You are in the kitchen."
   unmarked = {"messages": [
       {"role": "user", "content": "Instructions."},
@@ -203,7 +228,7 @@ def test_state_text_without_budget(tok):
       Step("o0", "a0"), Step("o1", "a1"), Step("o2", "a2")])
   s = states_lib.trajectory_states(t, "t", tok, CFG)
   assert [x.state_id for x in s] == ["t/0", "t/1", "t/2"]
-  assert s[2].text == ("Be good.\n\nYour task is to: find x\n\n"
+  assert s[2].text == ("Be good.\n\nfind x\n\n"
                        "Observation: o0\nAction: a0\nObservation: o1\nAction: a1\n"
                        "Observation: o2")
   assert s[2].expert_action == "a2" and s[2].omitted_turns == 0

@@ -74,7 +74,7 @@ def test_cli_trains_on_trajectories(tmp_path):
            admissible=["move east", "look around"]),
       Step(observation="You see a coin.", action="take coin")])
   texts = list(toklib.trajectory_texts([traj]))
-  assert texts == ["Your task is to: Find the coin.\n\n",
+  assert texts == ["Find the coin.\n\n",
                    "Observation: You are in the kitchen.\nAction: move east\n",
                    "Action: move east\nAction: look around",
                    "Observation: You see a coin.\nAction: take coin\n"]

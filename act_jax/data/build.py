@@ -3,7 +3,7 @@
   python -m act_jax.data.build --trajectories data/alfworld_sft.json \\
       --tokenizer DIR --alternatives admissible --k 4 --out DIR
 
-Writes OUT/critic_pairs/1.1.0 and OUT/imitation_pairs/1.1.0 (array_record, read
+Writes OUT/critic_pairs/<VERSION> and OUT/imitation_pairs/<VERSION> (array_record, read
 with `builders.load_source`) and OUT/build_report.json; prints what was dropped
 (lost) and why, what was noted (nothing lost: e.g. the expert's own action among the
 candidates), then `trajectories=N states=N pairs=N dropped=N`.

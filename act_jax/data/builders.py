@@ -23,9 +23,10 @@ _ids = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)
 
 class _RecordsBuilder(tfds.core.GeneratorBasedBuilder):
   """Writes given (key, record) pairs; subclasses declare the features."""
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "Critic pairs keep their rendered state (re-ordered evaluation)."}
+                   "1.1.0": "Critic pairs keep their rendered state (re-ordered evaluation).",
+                   "1.2.0": "The task line is rendered once, as the environment and importer give it."}
   FEATURES: dict[str, Any] = {}
   PADDED_FIELDS: tuple[str, ...] = ()  # What `pipeline.make_batches` pads.
   # No checksums or package resources to find. Setting this also avoids

@@ -35,8 +35,11 @@ class ConversationFormat:
   thought_prefix: str = r"(?i)^\s*thought\s*:\s*"
   # (regex with one group = the task, whether to cut the match from the
   # observation). Tried on the human turns before the first action, last first.
+  # The group keeps the "Your task is to" phrase: the live environments' task text
+  # starts with it, and prompts render the task verbatim, so imported and live
+  # prompts are the same bytes.
   task_patterns: tuple[tuple[str, bool], ...] = (
-      (r"(?im)^[ \t]*your task is to:?[ \t]*(\S.*?)[ \t]*$", True),
+      (r"(?im)^[ \t]*(your task is to\b.*?\S)[ \t]*$", True),
       (r"(?im)^[ \t]*task:[ \t]*(\S.*?)[ \t]*$", True),
       (r"(?i)instruction:\s*\[SEP\]\s*(.+?)\s*\[SEP\]", False),
   )

@@ -20,7 +20,9 @@ class PromptConfig:
   """Templates for states, the critic (ACT) prompt and the action (IL/RL) prompt."""
   # State rendering.
   instruction_block: str = "{instruction}\n\n"
-  task_block: str = "Your task is to: {task}\n\n"
+  # The task verbatim: environments' task text already reads "Your task is to ...",
+  # and the importer keeps that phrase.
+  task_block: str = "{task}\n\n"
   omitted_block: str = "[{n} earlier steps omitted]\n"
   history_turn: str = "Observation: {observation}\nAction: {action}\n"
   current_turn: str = "Observation: {observation}"
