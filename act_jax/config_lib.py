@@ -15,10 +15,12 @@ from typing import Any, Iterator, Self
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from act_jax import presets, step
+from act_jax import presets
 from act_jax.losses import grpo as grpo_loss
 from act_jax.models import ModelConfig
 from act_jax.sharding import DEFAULT_RULES
+
+SCHEDULES = ("cosine", "constant")  # config.optim.schedule: what follows the warmup
 
 
 def base() -> ml_collections.ConfigDict:
@@ -270,7 +272,7 @@ class StageSection(Section):
     yield at_least("batch_size", 1)
     yield at_least("replay_batch_size", 0)
     yield at_least("replay_weight", 0)
-    yield "schedule", self.schedule in (None, *step.SCHEDULES), f"one of {step.SCHEDULES}"
+    yield "schedule", self.schedule in (None, *SCHEDULES), f"one of {SCHEDULES}"
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

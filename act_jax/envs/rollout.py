@@ -7,17 +7,17 @@ Each `PolicyInput` holds the task, the (observation, action) history, the curren
 observation and the admissible actions; `to_trajectory()` gives the same state in the
 project's trajectory schema for prompt builders.
 
-Also: next-action accuracy on held-out expert states, Wilson intervals, a markdown table.
+Also: next-action accuracy on held-out expert states, Wilson intervals (`stats`), a markdown table.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from act_jax import stats
 from act_jax.data.trajectory import Step, Trajectory
 from act_jax.envs.base import EpisodeSpec
 from act_jax.envs.pool import EnvPool
@@ -179,26 +179,12 @@ def run_episodes(policy: Policy, pool: EnvPool, specs: Sequence[EpisodeSpec], ma
   return results  # type: ignore[return-value]
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-  """Wilson score interval for k successes in n trials (95% by default)."""
-  if n == 0:
-    return (0.0, 1.0)
-  p = k / n
-  denom = 1 + z * z / n
-  centre = (p + z * z / (2 * n)) / denom
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  # The bounds are exactly 0 and 1 at k = 0 and k = n; rounding would miss them.
-  lo = 0.0 if k == 0 else max(0.0, centre - half)
-  hi = 1.0 if k == n else min(1.0, centre + half)
-  return (lo, hi)
-
-
 def summarize(results: Sequence[EpisodeResult], keep_episodes: bool = False) -> dict[str, Any]:
   """Success rate with its 95% Wilson interval, mean steps, invalid-action rate (JSON-able)."""
   n = len(results)
   k = sum(r.success for r in results)
   steps = sum(r.steps for r in results)
-  lo, hi = wilson_interval(k, n)
+  lo, hi = stats.wilson_interval(k, n)
   out = {
       "episodes": n,
       "successes": k,
