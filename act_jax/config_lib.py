@@ -310,9 +310,14 @@ def define_flags() -> None:
   """`--config FILE[:ARG] [--config.x=y]` and `--workdir DIR` for the entry points.
 
   Called from `if __name__ == "__main__"` only, so the modules stay importable together.
+  The flags are the caller's key flags, so its `--help` lists them.
   """
   from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-  flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
+  flags.disclaim_key_flags()  # attribute the flags below to the module that calls this
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config: FILE[:ARG] (a configs/*.py with get_config); "
+      "override any field with --config.FIELD=VALUE, e.g. --config.optim.lr=1e-4.")
+  flags.DEFINE_string("workdir", None, "Run directory (local path or gs://); rerunning "
+                      "the same command resumes from it.")
   flags.mark_flags_as_required(["config", "workdir"])

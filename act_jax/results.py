@@ -13,7 +13,6 @@ curves.json to OUT, a directory that can then be redrawn alone.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -231,10 +230,9 @@ def replot(src: str, out: str | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(
-      prog="python -m act_jax.results",
-      description="Redraw a finished run's results.md and figures from its results.json.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  from act_jax import cli
+  ap = cli.parser("results", "Redraw a finished run's results.md and figures from its "
+                  "results.json.")
   ap.add_argument("--replot", required=True, metavar="DIR",
                   help="a pipeline workdir, or a copy of its results (results.json, "
                        "optionally curves.json), e.g. docs/embedded")

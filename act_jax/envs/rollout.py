@@ -11,13 +11,14 @@ Also: next-action accuracy on held-out expert states, Wilson intervals (`stats`)
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from act_jax import stats
+from act_jax import cli, stats
 from act_jax.data.trajectory import Step, Trajectory
 from act_jax.envs.base import EpisodeSpec
 from act_jax.envs.pool import EnvPool
@@ -274,24 +275,29 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+  p = cli.parser("envs.rollout", "Baselines: an oracle or random-admissible policy on the "
+                 "evaluation splits (success with Wilson intervals, per split).")
+  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx", help="environment")
+  p.add_argument("--games", default="", help="comma-separated TWX games (default: training games)")
+  p.add_argument("--policy", choices=["oracle", "random"], default="random",
+                 help="oracle: the gold path; random: a random admissible action")
+  p.add_argument("--n", type=int, default=100, help="episodes per game per split")
+  p.add_argument("--max-steps", type=int, default=50, help="steps per episode at most")
+  p.add_argument("--workers", type=int, default=2, help="envs (JVMs) in parallel")
+  p.add_argument("--seed", type=int, default=0, help="seed of the random policy")
+  p.add_argument("--out", default="", help="write the JSON results here (default: print only)")
+  return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Baselines from the command line: oracle or random-admissible on the default splits."""
   # pylint: disable=import-outside-toplevel
-  import argparse
   import json
 
   from act_jax.console import Progress
   from act_jax.envs.splits import DEFAULT_SPLITS, eval_episodes, twx_splits
-  p = argparse.ArgumentParser(description="Evaluate a baseline policy on the eval splits.")
-  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx")
-  p.add_argument("--games", default="", help="comma-separated TWX games (default: training games)")
-  p.add_argument("--policy", choices=["oracle", "random"], default="random")
-  p.add_argument("--n", type=int, default=100, help="episodes per game per split")
-  p.add_argument("--max-steps", type=int, default=50)
-  p.add_argument("--workers", type=int, default=2)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default="", help="write the JSON results here")
-  args = p.parse_args(argv)
+  args = parser().parse_args(argv)
 
   splits = (twx_splits(args.games.split(",")) if args.env == "twx" and args.games
             else DEFAULT_SPLITS[args.env])
