@@ -40,14 +40,6 @@ def _pyplot():
   return plt
 
 
-def _metric_order(names: set[str]) -> list[str]:
-  return [m for m in results.METRICS if m in names] + sorted(names - set(results.METRICS))
-
-
-def _label(metric: str) -> str:
-  return results.SHORT.get(metric, metric)
-
-
 def _forest(ax: Any, rows: Sequence[str], splits: Sequence[str],
             cell: Callable[[str, str], Mapping[str, Any] | None], colors: Mapping[str, Any]
             ) -> None:
@@ -94,7 +86,8 @@ def _finish(plt: Any, fig: Any, path: str, handles_from: Any, title: str) -> Non
   fig.suptitle(title, fontsize=10)
   fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
              frameon=False)
-  fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+  h = fig.get_figheight()
+  fig.tight_layout(rect=(0, 0.45 / h, 1, 1 - 0.35 / h))  # room for the legend and title
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -108,7 +101,7 @@ def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str]
   """
   order = [v for v in order if v in variants]
   splits = sorted({s for v in order for s in variants[v]})
-  metrics = _metric_order({m for v in order for ms in variants[v].values() for m in ms})
+  metrics = results.metric_order({m for v in order for ms in variants[v].values() for m in ms})
   plt = _pyplot()
   fig, axes = _grid(plt, len(metrics), len(order))
   colors = _split_colors(splits)
@@ -121,10 +114,10 @@ def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str]
     if metric == "judgment_accuracy":
       for i, v in enumerate(order):
         if any(results.no_answer(e) for e in variants[v].values() if metric in e):
-          ax.text(1, i, "no answer (not a critic)", va="center", fontsize=7, color="grey")
+          ax.text(1, i, "never answered", va="center", fontsize=7, color="grey")
     ax.set_xlim(-3, 103)
     ax.set_xlabel("%")
-    ax.set_title(_label(metric), fontsize=10)
+    ax.set_title(results.label(metric), fontsize=10)
   if metrics:
     _finish(plt, fig, path, _legend_source(axes), "mean over seeds, 95% interval")
   else:
@@ -135,7 +128,7 @@ def plot_deltas(path: str, paired: Mapping[str, Any]) -> None:
   """deltas.png: a forest plot per metric, one row per pair, splits side by side."""
   pairs = list(paired)
   splits = sorted({s for p in pairs for s in paired[p]})
-  metrics = _metric_order({m for p in pairs for ms in paired[p].values() for m in ms})
+  metrics = results.metric_order({m for p in pairs for ms in paired[p].values() for m in ms})
   if not metrics:
     return
   plt = _pyplot()
@@ -150,7 +143,7 @@ def plot_deltas(path: str, paired: Mapping[str, Any]) -> None:
     span = max(abs(lo), abs(hi), 5.0)
     ax.set_xlim(max(-span, -105), min(span, 105))  # a difference of rates lies in ±100
     ax.set_xlabel("difference, points")
-    ax.set_title(_label(metric), fontsize=10)
+    ax.set_title(results.label(metric), fontsize=10)
   _finish(plt, fig, path, _legend_source(axes),
           "paired per-seed deltas, mean and 95% t-interval over seeds")
 

@@ -100,11 +100,21 @@ def _cell(mean: float, ci: Sequence[float]) -> str:
   return f"{100 * mean:.1f}" + ("" if math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
 
 
+def metric_order(names: set[str]) -> list[str]:
+  """METRICS' order first, then any metric this module has no entry for, by name."""
+  return [m for m in METRICS if m in names] + sorted(names - set(METRICS))
+
+
+def label(metric: str) -> str:
+  return SHORT.get(metric, metric)
+
+
 def no_answer(split: Mapping[str, Any]) -> bool:
   """Whether a variant never gave a parseable greedy judgment on this split, in any seed.
 
-  Such a model was not trained as a critic (it writes actions, not `Answer: X`): its
-  greedy judgment accuracy is not 0%, it is not measured, and tables show "—". Read from
+  Such a model writes actions, not `Answer: X` (it was never trained as a critic, or an
+  action stage came after its critic stage): its greedy judgment accuracy is not 0%, it
+  is not measured, and tables show "—". Read from
   the format-error rate when the results hold it, else from a greedy accuracy of exactly
   0 in every seed (a model that answers at all is right on some of the held-out pairs).
   """
@@ -119,8 +129,8 @@ def markdown(variants: Mapping[str, Any], order: Sequence[str]) -> str:
   splits = sorted({s for v in order for s in variants.get(v, {})})
   out = []
   for split in splits:
-    cols = [m for m in METRICS if any(m in variants.get(v, {}).get(split, {}) for v in order)]
-    lines = [f"### {split}", "", "| variant | " + " | ".join(SHORT[m] for m in cols) + " |",
+    cols = metric_order({m for v in order for m in variants.get(v, {}).get(split, {})})
+    lines = [f"### {split}", "", "| variant | " + " | ".join(label(m) for m in cols) + " |",
              "|" + "---|" * (len(cols) + 1)]
     for v in order:
       e = variants.get(v, {}).get(split, {})
@@ -139,7 +149,7 @@ def deltas_markdown(paired: Mapping[str, Any]) -> str:
     for split, metrics in splits.items():
       for metric, d in metrics.items():
         per = " / ".join(f"{100 * x:+.1f}" for x in d["per_seed"])
-        lines.append(f"| {pair} | {split} | {SHORT[metric]} | {_cell(d['mean'], d['ci95'])} "
+        lines.append(f"| {pair} | {split} | {label(metric)} | {_cell(d['mean'], d['ci95'])} "
                      f"| {per} |")
   return "\n".join(lines) + "\n"
 
@@ -159,7 +169,7 @@ def write_markdown(path: str, doc: Mapping[str, Any]) -> None:
   with open(path, "w") as f:
     f.write("# Results\n\nPercentages; mean over seeds with a 95% interval (t over seeds; "
             "with one seed, the run's own interval). \"—\": not measured (greedy judgment: "
-            "the model never answered, it was not trained as a critic).\n\n")
+            "the model never gave a parseable answer; it writes actions).\n\n")
     f.write(markdown(doc["variants"], doc["order"]))
     if doc["deltas"]:
       f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds)\n\n")

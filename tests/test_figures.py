@@ -81,6 +81,7 @@ def test_replot_draws_every_metric_split_pair_and_curve_kind(tmp_path, figures_o
   written = results.replot(str(run), str(out))
   assert {"results.md", "variants.png", "deltas.png", "curves.png", "results.json",
           "curves.json"} == set(written)
+  assert "| first_letter_rate |" in (out / "results.md").read_text()  # a metric with no entry
 
   variants = _panels(figures_of["variants.png"])
   held = {m for v in doc["variants"].values() for s in v.values() for m in s}
@@ -98,7 +99,7 @@ def test_replot_draws_every_metric_split_pair_and_curve_kind(tmp_path, figures_o
   greedy = variants["judgment acc (greedy)"]
   rows = np.round(_points(greedy)["id"][1]).astype(int)
   assert [ORDER[r] for r in rows] == ["prompt", "act", "il_w_act"]
-  assert sum("no answer" in t.get_text() for t in greedy.texts) == 2
+  assert sum("never answered" in t.get_text() for t in greedy.texts) == 2
 
   deltas = _panels(figures_of["deltas.png"])
   assert set(deltas) == {results.SHORT[m] for p in doc["deltas"].values()
