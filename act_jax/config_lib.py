@@ -15,10 +15,12 @@ from typing import Any, Iterator, Self
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from act_jax import presets, step
+from act_jax import presets
 from act_jax.losses import grpo as grpo_loss
 from act_jax.models import ModelConfig
 from act_jax.sharding import DEFAULT_RULES
+
+SCHEDULES = ("cosine", "constant")  # config.optim.schedule: what follows the warmup
 
 
 def base() -> ml_collections.ConfigDict:
@@ -277,7 +279,7 @@ class StageSection(Section):
     yield at_least("batch_size", 1)
     yield at_least("replay_batch_size", 0)
     yield at_least("replay_weight", 0)
-    yield "schedule", self.schedule in (None, *step.SCHEDULES), f"one of {step.SCHEDULES}"
+    yield "schedule", self.schedule in (None, *SCHEDULES), f"one of {SCHEDULES}"
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -315,9 +317,14 @@ def define_flags() -> None:
   """`--config FILE[:ARG] [--config.x=y]` and `--workdir DIR` for the entry points.
 
   Called from `if __name__ == "__main__"` only, so the modules stay importable together.
+  The flags are the caller's key flags, so its `--help` lists them.
   """
   from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-  flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
+  flags.disclaim_key_flags()  # attribute the flags below to the module that calls this
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config: FILE[:ARG] (a configs/*.py with get_config); "
+      "override any field with --config.FIELD=VALUE, e.g. --config.optim.lr=1e-4.")
+  flags.DEFINE_string("workdir", None, "Run directory (local path or gs://); rerunning "
+                      "the same command resumes from it.")
   flags.mark_flags_as_required(["config", "workdir"])

@@ -1,6 +1,6 @@
 """Model FLOPs per token and MFU: one formula shared by the training logs and benchmarks.
 
-The count is the PaLM-appendix one that /work/shared/bench/tunix_baseline.py uses, so
+The count is the PaLM-appendix one that benchmarks/tunix_baseline.py uses, so
 our MFU and the Tunix baseline's are comparable:
 
   flops_per_token = 6 * N_matmul + 12 * L * H * Dh * T

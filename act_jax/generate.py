@@ -11,23 +11,24 @@ import sys
 import time
 from typing import Sequence
 
+from act_jax import cli
 from act_jax.sampling import Sampler, SamplingConfig
 from act_jax.sampling.text import TextSampler, load_model
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m act_jax.generate", description=__doc__.split("\n")[0])
+  p = cli.parser("generate", __doc__)
   p.add_argument("--model", required=True, help="HF model directory or act_jax checkpoint")
   p.add_argument("--prompt", required=True, action="append",
                  help="prompt text; repeat the flag to batch several prompts")
   p.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
   p.add_argument("--system", default=None, help="system message (with --chat)")
-  p.add_argument("--max-new-tokens", type=int, default=128)
+  p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per completion at most")
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off")
   p.add_argument("--top-k", type=int, default=0, help="0 = no top-k")
   p.add_argument("--n", type=int, default=1, help="samples per prompt")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="sampling RNG seed")
   p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
   return p
 

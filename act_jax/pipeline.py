@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from act_jax import cached_eval, config_lib, evaluation, loop, metrics, params as params_lib
+from act_jax import cached_eval, config_lib, evaluation, loop, params as params_lib
 from act_jax import results as results_lib, stages, workflow
 from act_jax.data import branches as branches_lib, builders, controls, replay as replay_lib
 from act_jax.data import early_experience as ee, examples, prefix_cache, steps as data_steps
@@ -404,14 +404,7 @@ class Pipeline:
     doc = results_lib.write(self.dir, evals, order, extra={
         "config": json.loads(self.full_config.to_json_best_effort()),
         "policy_modes": evaluation.eval_modes(self.c)})
-    results_lib.plot_variants(self.path("variants.png"), doc["variants"], order)
-    curves = {}
-    for key in self.steps:
-      f = self.path(key, "metrics.jsonl")
-      if os.path.exists(f):
-        curves[key] = metrics.read_jsonl(f)
-    results_lib.plot_curves(self.path("curves.png"), curves,
-                            keys=("loss", "reward", "expected_reward", "eval_accuracy"))
+    results_lib.draw(self.dir, doc, results_lib.read_curves(self.dir))
     if self.c.pipeline.export:
       from act_jax.hf import save_pretrained
       for v in order:

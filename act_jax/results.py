@@ -1,10 +1,15 @@
-"""Turns per-seed evaluations into the results table, JSON and plots.
+"""Turns per-seed evaluations into the results table and JSON, and draws their figures.
 
 Input: {variant: {seed: {split: {metric: value}}}}. Output keeps every seed's value
 and adds the mean and a 95% interval over seeds (Student t; with one seed the
 interval is the one the evaluator reported for that run: Wilson over episodes, a
 bootstrap over episodes for per-state accuracies), plus paired per-seed deltas of
 each ACT variant against its baseline.
+
+`python -m act_jax.results --replot DIR [--out OUT]` redraws a finished run's
+results.md and figures (act_jax.figures) from DIR/results.json and the stages' metric
+rows under DIR (or DIR/curves.json); with --out it writes them, results.json and
+curves.json to OUT, a directory that can then be redrawn alone.
 """
 from __future__ import annotations
 
@@ -19,10 +24,12 @@ from act_jax import stats
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
-           "judgment_forced_accuracy", "first_letter_rate", "unparsed_action_rate")
+           "judgment_forced_accuracy", "judgment_format_error_rate", "first_letter_rate",
+           "unparsed_action_rate")
 SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
          "judgment_accuracy": "judgment acc (greedy)",
          "judgment_forced_accuracy": "judgment acc (forced choice)",
+         "judgment_format_error_rate": "judgment format errors (greedy)",
          "first_letter_rate": "first-letter rate",
          "unparsed_action_rate": "unparsed actions (generate)"}
 # Each ACT variant against the baseline it extends, on the metrics the pair is about.
@@ -104,23 +111,45 @@ def _cell(mean: float, ci: Sequence[float]) -> str:
   return f"{100 * mean:.1f}" + ("" if math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
 
 
+def metric_order(names: set[str]) -> list[str]:
+  """METRICS' order first, then any metric this module has no entry for, by name."""
+  return [m for m in METRICS if m in names] + sorted(names - set(METRICS))
+
+
+def label(metric: str) -> str:
+  return SHORT.get(metric, metric)
+
+
+def no_answer(split: Mapping[str, Any]) -> bool:
+  """Whether a variant never gave a parseable greedy judgment on this split, in any seed.
+
+  Such a model writes actions, not `Answer: X` (it was never trained as a critic, or an
+  action stage came after its critic stage): its greedy judgment accuracy is not 0%, it
+  is not measured, and tables show "—". Read from
+  the format-error rate when the results hold it, else from a greedy accuracy of exactly
+  0 in every seed (a model that answers at all is right on some of the held-out pairs).
+  """
+  fmt, acc = split.get("judgment_format_error_rate"), split.get("judgment_accuracy")
+  if fmt is not None:
+    return all(x >= 1.0 for x in fmt["per_seed"])
+  return acc is not None and all(x == 0.0 for x in acc["per_seed"])
+
+
 def markdown(variants: Mapping[str, Any], order: Sequence[str]) -> str:
-  """One row per variant, one column per (split, metric) present."""
-  cols = []
-  for v in order:
-    for split, metrics in variants.get(v, {}).items():
-      for metric in metrics:
-        if (split, metric) not in cols:
-          cols.append((split, metric))
-  head = "| variant | " + " | ".join(f"{s} {SHORT[m]}" for s, m in cols) + " |"
-  lines = [head, "|" + "---|" * (len(cols) + 1)]
-  for v in order:
-    cells = []
-    for split, metric in cols:
-      e = variants.get(v, {}).get(split, {}).get(metric)
-      cells.append("–" if e is None else _cell(e["mean"], e["ci95"]))
-    lines.append(f"| {v} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+  """One table per split: a row per variant, a column per metric present."""
+  splits = sorted({s for v in order for s in variants.get(v, {})})
+  out = []
+  for split in splits:
+    cols = metric_order({m for v in order for m in variants.get(v, {}).get(split, {})})
+    lines = [f"### {split}", "", "| variant | " + " | ".join(label(m) for m in cols) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    for v in order:
+      e = variants.get(v, {}).get(split, {})
+      cells = ["—" if m not in e or (m == "judgment_accuracy" and no_answer(e))
+               else _cell(e[m]["mean"], e[m]["ci95"]) for m in cols]
+      lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    out.append("\n".join(lines) + "\n")
+  return "\n".join(out)
 
 
 def deltas_markdown(paired: Mapping[str, Any]) -> str:
@@ -131,7 +160,7 @@ def deltas_markdown(paired: Mapping[str, Any]) -> str:
     for split, metrics in splits.items():
       for metric, d in metrics.items():
         per = " / ".join(f"{100 * x:+.1f}" for x in d["per_seed"])
-        lines.append(f"| {pair} | {split} | {SHORT[metric]} | {_cell(d['mean'], d['ci95'])} "
+        lines.append(f"| {pair} | {split} | {label(metric)} | {_cell(d['mean'], d['ci95'])} "
                      f"| {per} |")
   return "\n".join(lines) + "\n"
 
@@ -143,52 +172,98 @@ def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
   doc = {"variants": variants, "deltas": paired, "order": list(order), **(extra or {})}
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(doc, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("# Results\n\nPercentages; mean over seeds with a 95% interval (t over seeds; "
-            "with one seed, the run's own interval).\n\n")
-    f.write(markdown(variants, order))
-    if paired:
-      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds)\n\n")
-      f.write(deltas_markdown(paired))
+  write_markdown(os.path.join(workdir, "results.md"), doc)
   return doc
 
 
-def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str],
-                  metric: str = "success_rate") -> None:
-  """Bar chart: each variant's `metric` on every split (ID vs OOD side by side)."""
-  import matplotlib  # lazy: only the pipeline's last step draws
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  splits = sorted({s for v in order for s, m in variants.get(v, {}).items() if metric in m})
-  fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(order), 3.6))
-  width = 0.8 / max(len(splits), 1)
-  for j, split in enumerate(splits):
-    means = [variants.get(v, {}).get(split, {}).get(metric, {}).get("mean", 0.0) for v in order]
-    ax.bar(np.arange(len(order)) + j * width, [100 * m for m in means], width, label=split)
-  ax.set_xticks(np.arange(len(order)) + width * (len(splits) - 1) / 2, order, rotation=20)
-  ax.set_ylabel(f"{metric} (%)")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+def write_markdown(path: str, doc: Mapping[str, Any]) -> None:
+  with open(path, "w") as f:
+    f.write("# Results\n\nPercentages; mean over seeds with a 95% interval (t over seeds; "
+            "with one seed, the run's own interval). \"—\": not measured (greedy judgment: "
+            "the model never gave a parseable answer; it writes actions).\n\n")
+    f.write(markdown(doc["variants"], doc["order"]))
+    if doc["deltas"]:
+      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds)\n\n")
+      f.write(deltas_markdown(doc["deltas"]))
 
 
-def plot_curves(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
-                keys: Sequence[str] = ("loss", "reward")) -> None:
-  """Learning curves: one panel per metric key, one line per stage run."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4))
-  for ax, key in zip(np.atleast_1d(axes), keys):
-    for name, rows in curves.items():
-      pts = [(r["step"], r[key]) for r in rows if key in r]
-      if pts:
-        ax.plot(*zip(*pts), label=name)
-    ax.set_title(key)
-    ax.set_xlabel("step")
-    if ax.lines:  # a metric no stage logged gets an empty panel, not a warning
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+def draw(out: str, doc: Mapping[str, Any],
+         curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+  """variants.png, deltas.png (when the results hold deltas) and curves.png (when some
+  stage logged metrics) in `out`; returns the files written."""
+  from act_jax import figures  # lazy: matplotlib
+  written = ["variants.png"]
+  figures.plot_variants(os.path.join(out, "variants.png"), doc["variants"], doc["order"])
+  if doc.get("deltas"):
+    figures.plot_deltas(os.path.join(out, "deltas.png"), doc["deltas"])
+    written.append("deltas.png")
+  if curves:
+    figures.plot_curves(os.path.join(out, "curves.png"), curves)
+    written.append("curves.png")
+  return written
+
+
+def read_curves(workdir: str) -> dict[str, list[dict[str, Any]]]:
+  """{run: metric rows}: every stage's metrics.jsonl under `workdir` (run = its path
+  relative to it, e.g. "s0/il"), or, where there are none, `workdir/curves.json`."""
+  from act_jax import metrics  # lazy: jax
+  curves = {}
+  for root, dirs, files in sorted(os.walk(workdir)):
+    dirs.sort()
+    if "metrics.jsonl" in files:
+      curves[os.path.relpath(root, workdir)] = metrics.read_jsonl(
+          os.path.join(root, "metrics.jsonl"))
+  saved = os.path.join(workdir, "curves.json")
+  if not curves and os.path.exists(saved):
+    with open(saved) as f:
+      curves = json.load(f)
+  return curves
+
+
+def replot(src: str, out: str | None = None) -> list[str]:
+  """Redraws results.md and the figures of the run (or copy) in `src` into `out`."""
+  from act_jax import figures
+  out = out or src
+  path = os.path.join(src, "results.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no results.json (the pipeline's results step writes it)")
+  with open(path) as f:
+    doc = json.load(f)
+  for key in ("variants", "deltas", "order"):
+    if key not in doc:
+      raise ValueError(f"{path}: no {key!r} object")
+  curves = read_curves(src)
+  os.makedirs(out, exist_ok=True)
+  write_markdown(os.path.join(out, "results.md"), doc)
+  written = ["results.md", *draw(out, doc, curves)]
+  if os.path.abspath(out) != os.path.abspath(src):
+    with open(os.path.join(out, "results.json"), "w") as f:
+      json.dump(doc, f, indent=2)
+    written.append("results.json")
+    if curves:  # only what the figure draws, so `out` redraws alone
+      keys = {"step", *(k for _, ks, _, _ in figures.CURVE_PANELS for k in ks)}
+      slim = {run: [{k: v for k, v in r.items() if k in keys} for r in rows]
+              for run, rows in curves.items()}
+      with open(os.path.join(out, "curves.json"), "w") as f:
+        json.dump(slim, f, separators=(",", ":"))
+      written.append("curves.json")
+  return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  from act_jax import cli
+  ap = cli.parser("results", "Redraw a finished run's results.md and figures from its "
+                  "results.json.")
+  ap.add_argument("--replot", required=True, metavar="DIR",
+                  help="a pipeline workdir, or a copy of its results (results.json, "
+                       "optionally curves.json), e.g. docs/embedded")
+  ap.add_argument("--out", default=None, metavar="DIR",
+                  help="where to write (default: --replot's DIR); also copies "
+                       "results.json and writes curves.json there")
+  args = ap.parse_args(argv)
+  for name in replot(args.replot, args.out):
+    print(os.path.join(args.out or args.replot, name))
+
+
+if __name__ == "__main__":
+  main()

@@ -5,7 +5,9 @@ Three kinds, each for the dependence structure of what it summarises:
   cluster bootstrap    one run's per-state outcomes, resampled by episode: states of
                        one episode share its history and objects, so they are not
                        independent draws and a binomial interval would be too narrow
-  Wilson               independent trials (episodes), in `envs.rollout`
+  Wilson               independent trials (episodes)
+The t quantiles and the Wilson interval come from scipy.stats; the episode-clustered
+bootstrap is ours (no library resamples whole clusters).
 """
 from __future__ import annotations
 
@@ -13,11 +15,7 @@ import math
 from typing import Any, Hashable, Sequence
 
 import numpy as np
-
-# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201,
-         2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074,
-         2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+from scipy import stats as sps
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
@@ -26,8 +24,16 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
   m = float(v.mean())
   if len(v) < 2:
     return m, math.nan, math.nan
-  half = _T975[min(len(v) - 1, len(_T975)) - 1] * float(v.std(ddof=1)) / math.sqrt(len(v))
+  half = float(sps.t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
   return m, m - half, m + half
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+  """Wilson score interval for k successes in n independent trials; (0, 1) when n = 0."""
+  if n == 0:
+    return (0.0, 1.0)
+  ci = sps.binomtest(k, n).proportion_ci(confidence, method="wilson")
+  return (float(ci.low), float(ci.high))
 
 
 def cluster_bootstrap_ci(outcomes: Sequence[float], clusters: Sequence[Hashable],

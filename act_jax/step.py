@@ -16,12 +16,12 @@ import optax
 from flax import nnx
 
 from act_jax import losses
+from act_jax.config_lib import SCHEDULES
 from act_jax.data import replay
 from act_jax.models import Params, decoder, positions_from_mask
 from act_jax.trainable import Trainable
 
 TrainState = dict[str, Any]  # {"params", "opt_state", "step", "rng"}
-SCHEDULES = ("cosine", "constant")  # what follows the warmup
 
 
 def make_schedule(c: Mapping[str, Any]) -> optax.Schedule:

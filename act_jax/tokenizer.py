@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Iterable, Iterator, Sequence
 
+from act_jax import cli
 from act_jax.data import prompts
 from act_jax.data.trajectory import Trajectory, read_jsonl
 
@@ -94,14 +95,18 @@ def _with_scaffold(texts: Iterable[str], repeats: int = 64) -> Iterator[str]:
   yield from texts
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Train the embedded byte-level BPE tokenizer.")
+def parser() -> argparse.ArgumentParser:
+  p = cli.parser("tokenizer", "Train the embedded byte-level BPE tokenizer on trajectory text.")
   p.add_argument("--trajectories", nargs="+", required=True, help="JSONL trajectory files")
-  p.add_argument("--vocab-size", type=int, default=2048)
-  p.add_argument("--min-frequency", type=int, default=2)
+  p.add_argument("--vocab-size", type=int, default=2048, help="tokens in the vocabulary")
+  p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are dropped")
   p.add_argument("--no-admissible", action="store_true", help="skip admissible-action lists")
-  p.add_argument("--out", required=True)
-  args = p.parse_args(argv)
+  p.add_argument("--out", required=True, help="HF tokenizer directory to write")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parser().parse_args(argv)
 
   def texts():
     for path in args.trajectories:

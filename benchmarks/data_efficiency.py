@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where does ACT help from scratch? `il` against `il_w_act` as expert data shrinks.
+"""`il` against `il_w_act` as expert data shrinks, from scratch.
 
     python benchmarks/data_efficiency.py                      # 25 / 50 / 100 / 300 per game
     python benchmarks/data_efficiency.py --sizes 25,100 --seeds 2 --workdir runs/de

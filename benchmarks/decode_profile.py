@@ -5,7 +5,7 @@ benchmarks/sampler.py).
 
     python benchmarks/decode_profile.py                     # ours, greedy
     python benchmarks/decode_profile.py --mode temperature
-    benchmarks/.venv-tunix/bin/python benchmarks/decode_profile.py --side tunix
+    python benchmarks/decode_profile.py --side tunix        # reruns itself in the Tunix venv
 
 Ops that run on other threads at the same time are each counted in full, and the
 profiler adds its own overhead, so the total exceeds the timed step a little.
@@ -29,6 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+import tunix_venv  # noqa: E402  (benchmarks/, the script's dir)
 B, P, G = 8, 64, 64  # as sampler.py (which the Tunix venv cannot import) and Tunix
 
 
@@ -46,8 +47,7 @@ def ours(mode: str):
 
 
 def tunix(mode: str):
-  """(decode fn, its arguments) for Tunix 0.1.7, built as ../shared/bench/tunix_baseline.py."""
-  sys.path.insert(0, str(ROOT.parent / "shared" / "bench"))
+  """(decode fn, its arguments) for Tunix 0.1.7, built as benchmarks/tunix_baseline.py."""
   import jax.numpy as jnp
   import tunix_baseline as tb
   s = tb.SHAPES["small"]
@@ -92,11 +92,18 @@ def op_times(fn, args) -> collections.Counter:
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--side", choices=("ours", "tunix"), default="ours")
-  ap.add_argument("--mode", choices=("greedy", "temperature"), default="greedy")
-  ap.add_argument("--top", type=int, default=20)
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  ap.add_argument("--side", choices=("ours", "tunix"), default="ours", help="whose decode step")
+  ap.add_argument("--mode", choices=("greedy", "temperature"), default="greedy",
+                  help="sampling mode")
+  ap.add_argument("--top", type=int, default=20, help="op kinds listed")
+  ap.add_argument("--tunix-venv", type=Path, default=tunix_venv.VENV,
+                  help="Tunix virtualenv (--side tunix), created if missing")
   args = ap.parse_args()
+  if args.side == "tunix" and not tunix_venv.running_in(args.tunix_venv):
+    python = str(tunix_venv.python(args.tunix_venv))
+    os.execv(python, [python, __file__, *sys.argv[1:]])
   times = op_times(*(ours if args.side == "ours" else tunix)(args.mode))
   print(f"{args.side}, {args.mode}: ms per decode step by op (small shape, {B} rows)")
   for (kind, shape), ms in times.most_common(args.top):

@@ -44,7 +44,7 @@ per step, so
               [16, 2, 260, 576] is computed once beforehand with `decoder.prefix` (time
               printed), then the update is timed alone, as the il rows
   tunix/all   Tunix 0.1.7's full fine-tuning SFT step on the same shape and batch
-              (benchmarks/tunix_sft.py, run by benchmarks/.venv-tunix's python; its
+              (benchmarks/tunix_sft.py, run by the Tunix venv of benchmarks/tunix_venv.py; its
               docstring says exactly what it runs); its loss projects all 256
               positions onto the vocabulary
 
@@ -85,6 +85,7 @@ from act_jax.models import decoder  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
 from act_jax.trainable import Trainable  # noqa: E402
 from machine import describe, measure_machine, timed_steps  # noqa: E402  (benchmarks/)
+import tunix_venv  # noqa: E402  (benchmarks/)
 from train_step import OPTIM, memory_analysis  # noqa: E402  (benchmarks/)
 
 PRESET = "smollm2-135m"
@@ -267,7 +268,8 @@ ROW_NAMES = {"il_all": "il/all", "il_top": f"il/top:{TOP}", "il_cache": f"il/top
 
 
 def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   ap.add_argument("--steps", type=int, default=1,
                   help="timed steps per row, after the warm-up (1 keeps a full run near 10-15 "
                        "minutes on 2 cores; each more adds ~7)")
@@ -278,9 +280,7 @@ def main() -> None:
                        "measured faster here); both: the il rows twice")
   ap.add_argument("--rows", default=",".join(ROW_NAMES),
                   help=f"which of our rows to run, of {','.join(ROW_NAMES)}")
-  ap.add_argument("--skip-tunix", action="store_true")
-  ap.add_argument("--tunix-python", default="benchmarks/.venv-tunix/bin/python",
-                  help="interpreter with google-tunix installed, relative to the repo root")
+  tunix_venv.add_arguments(ap)
   ap.add_argument("--out", default="", help="write all results as JSON here")
   args = ap.parse_args()
   wanted = args.rows.split(",")
@@ -308,18 +308,14 @@ def main() -> None:
           + (f" (cache build {r['cache_build_s']:.1f}s)" if "cache_build_s" in r else "")
           + f", compiles in timed steps {r['compiles_in_timed_regions']}", flush=True)
 
-  python = ROOT / args.tunix_python
-  if not args.skip_tunix and not python.exists():
-    sys.exit(f"{python} not found: create it with `python3 -m venv benchmarks/.venv-tunix && "
-             "benchmarks/.venv-tunix/bin/pip install google-tunix==0.1.7 jax==0.10.2 "
-             "flax==0.12.8`, or pass --skip-tunix")
   # Run order: Tunix first, so its process (~13 GB at 30 layers, as our il/all) has exited
   # before ours grows; then each headline ratio's two rows back to back, since a shared
   # machine's load drifts over the minutes a run takes. The table keeps the docstring's order.
   tunix = None
   for key in ("tunix", "il_all", "il_cache", "il_top", "expected", "grpo"):
     if key == "tunix":
-      tunix = None if args.skip_tunix else run_tunix(python, cfg.num_layers, args.steps)
+      tunix = None if args.skip_tunix else run_tunix(tunix_venv.python(args.tunix_venv),
+                                                     cfg.num_layers, args.steps)
       continue
     if key not in wanted:
       continue

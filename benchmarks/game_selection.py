@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""θ0's next-action accuracy per TextWorldExpress game, to pick games for ACT (issue 18).
+"""θ0's next-action accuracy per TextWorldExpress game, to pick games for ACT.
 
     python benchmarks/game_selection.py                      # every candidate, 40 states
     python benchmarks/game_selection.py --states 10 --games arithmetic

@@ -4,7 +4,7 @@
     python benchmarks/sampler.py                 # both shapes, both modes, + Tunix
     python benchmarks/sampler.py --shapes tiny --skip-tunix
 
-Reproduces the SAMPLER part of ../shared/bench/tunix_baseline.py (read its
+Reproduces the SAMPLER part of benchmarks/tunix_baseline.py (read its
 docstring): Qwen3 shapes "tiny" and "small" with an untied lm_head, float32, one
 JAX CPU device, random weights; 8 prompts x 64 random ids (no padding), 64
 single-token decode forwards over a 128-slot KV cache, EOS disabled so every row
@@ -25,7 +25,7 @@ one-off weight preparation (`prepare`: the per-layer fused copy), the public
 call), XLA's memory analysis of each program and the process peak RSS.
 
 Then runs the Tunix script (google-tunix==0.1.7, in its own virtualenv, created on
-first use at benchmarks/.venv-tunix) with --skip-train, prints both side by side,
+first use at benchmarks/.venv-tunix by benchmarks/tunix_venv.py) with --skip-train, prints both side by side,
 and ends with `ratio_vs_tunix=<our / Tunix greedy decode tok/s, small shape>`
 (the line before gives every mode's). The machine's fp32 matmul peak and read
 bandwidth (benchmarks/machine.py) are printed with the table: decoding streams the
@@ -55,9 +55,9 @@ from act_jax.models import ModelConfig, init_params  # noqa: E402
 from act_jax.sampling import CompileCounter, Sampler, SamplingConfig, core, inference  # noqa: E402
 from machine import describe, measure_machine, time_call as timed  # noqa: E402  (benchmarks/)
 from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
+import tunix_venv  # noqa: E402  (benchmarks/)
 
 B, P, G, REPS = 8, 64, 64, 3
-TUNIX_PINS = ("google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8")
 
 
 def memory(compiled) -> dict:
@@ -144,17 +144,6 @@ def bench_mode(cfg: ModelConfig, params, mode: str, rng: np.random.Generator) ->
   }
 
 
-def ensure_tunix_python(python: Path) -> Path:
-  """The Tunix virtualenv's interpreter, creating the venv (pinned) if it is missing."""
-  if python.exists():
-    return python
-  venv = python.parents[1]
-  print(f"[tunix] creating {venv} with {' '.join(TUNIX_PINS)}", flush=True)
-  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-  subprocess.run([str(python), "-m", "pip", "install", "-q", *TUNIX_PINS], check=True)
-  return python
-
-
 def peak_rss() -> int:
   """This process's peak resident set (VmHWM), in bytes.
 
@@ -194,14 +183,13 @@ def run_tunix(python: Path, script: Path, shapes: str, modes: str) -> dict:
 
 
 def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--shapes", default="tiny,small")
-  ap.add_argument("--modes", default="greedy,temperature")
-  ap.add_argument("--tunix-script", default="../shared/bench/tunix_baseline.py",
-                  help="path of tunix_baseline.py, relative to the repo root")
-  ap.add_argument("--tunix-python", default="benchmarks/.venv-tunix/bin/python",
-                  help="interpreter with google-tunix installed, relative to the repo root")
-  ap.add_argument("--skip-tunix", action="store_true")
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  ap.add_argument("--shapes", default="tiny,small", help="of tiny, small (benchmarks/shapes.py)")
+  ap.add_argument("--modes", default="greedy,temperature", help="sampling modes")
+  ap.add_argument("--tunix-script", type=Path, default=tunix_venv.BASELINE,
+                  help="the Tunix baseline script")
+  tunix_venv.add_arguments(ap)
   ap.add_argument("--out", default=None, help="write all results as JSON here")
   args = ap.parse_args()
 
@@ -234,8 +222,8 @@ def main() -> None:
 
   tunix = None
   if not args.skip_tunix:
-    python = ensure_tunix_python(ROOT / args.tunix_python)
-    tunix = run_tunix(python, (ROOT / args.tunix_script).resolve(), args.shapes, args.modes)
+    tunix = run_tunix(tunix_venv.python(args.tunix_venv), args.tunix_script.resolve(),
+                      args.shapes, args.modes)
 
   print(f"\nSampler on CPU (fp32, 1 JAX CPU device): act_jax ({env['weight_products']}) vs "
         "Tunix 0.1.7; "

@@ -1,4 +1,4 @@
-"""The fixed Qwen3 shapes both benchmarks measure, as ../shared/bench/tunix_baseline.py's."""
+"""The fixed Qwen3 shapes both benchmarks measure, as benchmarks/tunix_baseline.py's."""
 from act_jax.models import ModelConfig
 
 SHAPES = {  # as tunix_baseline.SHAPES

@@ -4,7 +4,7 @@
     python benchmarks/train_step.py              # both shapes + end-to-end + Tunix
     python benchmarks/train_step.py --shapes tiny --skip-tunix --skip-e2e
 
-Reproduces the TRAIN STEP part of ../shared/bench/tunix_baseline.py (read its
+Reproduces the TRAIN STEP part of benchmarks/tunix_baseline.py (read its
 docstring) with our one shared step (`step.make_train_step` + the registered
 `grpo` loss, jitted the way `loop.run` jits it: explicit shardings, donated
 state): Qwen3 shapes "tiny" and "small", untied lm_head, float32, one JAX CPU
@@ -76,6 +76,7 @@ from act_jax.sampling import CompileCounter  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
 from machine import describe, measure_machine, timed_steps  # noqa: E402  (benchmarks/)
 from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
+import tunix_venv  # noqa: E402  (benchmarks/)
 
 PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 8, 4, 64, 64
 TIMED_STEPS = {"tiny": 5, "small": 3}
@@ -233,19 +234,19 @@ def run_tunix(python: Path, script: Path, shapes: str) -> dict:
 
 
 def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-  ap.add_argument("--shapes", default="tiny,small")
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  ap.add_argument("--shapes", default="tiny,small", help="of tiny, small (benchmarks/shapes.py)")
   ap.add_argument("--scan", default="both", choices=["true", "false", "both"],
                   help="layers under lax.scan (true, ModelConfig's default) or unrolled "
                        "(false); with both, the unrolled figure is the headline")
-  ap.add_argument("--tunix-script", default="../shared/bench/tunix_baseline.py",
-                  help="path of tunix_baseline.py, relative to the repo root")
-  ap.add_argument("--tunix-python", default="benchmarks/.venv-tunix/bin/python",
-                  help="interpreter with google-tunix installed, relative to the repo root")
-  ap.add_argument("--skip-tunix", action="store_true")
-  ap.add_argument("--skip-e2e", action="store_true")
+  ap.add_argument("--tunix-script", type=Path, default=tunix_venv.BASELINE,
+                  help="the Tunix baseline script")
+  tunix_venv.add_arguments(ap)
+  ap.add_argument("--skip-e2e", action="store_true",
+                  help="skip the end-to-end ACT step (generation + reference + update)")
   ap.add_argument("--no-sandwich", dest="sandwich", action="store_false",
-                  help="measure ours only after Tunix (default: before and after, averaged)")
+                  help="measure ours only after Tunix, not before and after (averaged)")
   ap.add_argument("--out", default="", help="write all results as JSON here")
   args = ap.parse_args()
   shapes = args.shapes.split(",")
@@ -275,12 +276,8 @@ def main() -> None:
   passes = [measure_ours("before")] if args.sandwich and not args.skip_tunix else []
   tunix = None
   if not args.skip_tunix:
-    python = ROOT / args.tunix_python
-    if not python.exists():
-      sys.exit(f"{python} not found: create it with `python -m venv benchmarks/.venv-tunix && "
-               "benchmarks/.venv-tunix/bin/pip install google-tunix==0.1.7 jax==0.10.2 "
-               "flax==0.12.8` (or run benchmarks/sampler.py once), or pass --skip-tunix")
-    tunix = run_tunix(python, (ROOT / args.tunix_script).resolve(), args.shapes)
+    tunix = run_tunix(tunix_venv.python(args.tunix_venv), args.tunix_script.resolve(),
+                      args.shapes)
   passes.append(measure_ours("after" if passes else "ours"))
   ours = {name: {kind: combine([p[name][kind] for p in passes]) for kind in passes[0][name]}
           for name in shapes}

@@ -6,7 +6,7 @@ flax==0.12.8); finetune.py starts it with that interpreter and reads the JSON it
 
     benchmarks/.venv-tunix/bin/python benchmarks/tunix_sft.py --out /tmp/tunix_sft.json
 
-Measured as ../shared/bench/tunix_baseline.py measures Tunix's train step (its
+Measured as benchmarks/tunix_baseline.py measures Tunix's train step (its
 docstring is the specification), with Tunix's SFT loss instead of GRPO's:
 
   model   tunix.models.llama3.model.Llama3 with llama3.model.ModelConfig(num_layers=30,

@@ -5,7 +5,7 @@ First write the model once:
     python -m act_jax.hf smollm2 models/smollm2-135m-instruct
 then, on a GPU/TPU (full fine-tuning, sampled GRPO critic that may reason):
     python -m act_jax.main --config configs/smollm2_twx.py --workdir runs/smollm2_twx
-or the evidence run sized for 2 CPU cores (docs/results.md):
+or the evidence run sized for 2 CPU cores (docs/smollm2.md):
     python -m act_jax.main --config configs/smollm2_twx.py:cpu --workdir runs/smollm2_twx \
         --config.pipeline.seeds=3
 
@@ -48,7 +48,7 @@ def get_config(arg: str = "gpu"):
   c.action_reward = config_lib.action_reward()
   top = "top:4" if cpu else "all"
   if cpu:  # ~500 states and pairs, about one epoch per stage at batch 16
-    # dr_grpo: the un-normalised expectation docs/results.md was measured with.
+    # dr_grpo: the un-normalised expectation docs/smollm2.md was measured with.
     critic = config_lib.grpo(estimator="expected", advantage="dr_grpo", beta=0.0,
                              group_size=2, max_new_tokens=8)
     rl = config_lib.grpo(group_size=4, max_new_tokens=16, beta=0.0)

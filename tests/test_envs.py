@@ -3,7 +3,6 @@
 One TWX pool (2 JVMs) and one ScienceWorld JVM serve the whole module.
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -378,16 +377,6 @@ def test_split_semantics():
   assert [s.seed for s in tiny.episodes()] == [800, 801] * 3
   assert SplitSpec.from_dict(json.loads(json.dumps(tiny.to_dict()))) == tiny
   assert len(tw["train"].episodes(5)) == 15
-
-
-def test_wilson_interval():
-  lo, hi = rollout.wilson_interval(5, 10)
-  assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-  assert rollout.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
-  assert rollout.wilson_interval(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
-  assert rollout.wilson_interval(0, 0) == (0.0, 1.0)
-  lo, hi = rollout.wilson_interval(68, 100)
-  assert lo < 0.68 < hi and math.isclose(hi - lo, 0.1802, abs_tol=2e-3)
 
 
 def test_markdown_table():

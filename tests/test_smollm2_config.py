@@ -1,6 +1,6 @@
 """A smoke run of the evidence config (configs/smollm2_twx.py:cpu) on a tiny stand-in model.
 
-The real run imports SmolLM2-135M-Instruct (docs/results.md); here a 6-layer model with a
+The real run imports SmolLM2-135M-Instruct (docs/smollm2.md); here a 6-layer model with a
 ChatML tokenizer takes its place, so the whole pipeline runs as configured — top:K
 training over the frozen-prefix cache, the `expected` critic, both controls, the cached
 evaluation — in about a minute.

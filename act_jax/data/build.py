@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import tqdm
 
+from act_jax import cli
 from act_jax.data import alternatives as alt_lib
 from act_jax.data import builders, examples, importers, prompts, states as states_lib
 from act_jax.data.report import DropLog
@@ -147,35 +148,40 @@ def build_datasets(trajectories: Sequence[Trajectory], tokenizer: Any,
   return report
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m act_jax.data.build",
-                              description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+  p = cli.parser("data.build", __doc__)
   p.add_argument("--trajectories", nargs="+", required=True,
                  help="JSON/JSONL files of expert trajectories")
   p.add_argument("--format", default="auto",
-                 choices=["auto", "conversations", "act_jax"])
+                 choices=["auto", "conversations", "act_jax"],
+                 help="trajectory file format (auto: by its content)")
   p.add_argument("--alternatives", default="admissible",
-                 choices=["admissible", "policy"])
+                 choices=["admissible", "policy"],
+                 help="critic alternatives: other admissible actions, or samples from --model")
   p.add_argument("--model", help="initial model dir (for --alternatives policy)")
   p.add_argument("--tokenizer", help="HF tokenizer dir (default: --model)")
   p.add_argument("--k", type=int, default=4, help="alternatives per state")
-  p.add_argument("--max-state-tokens", type=int, default=None)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--max-state-tokens", type=int, default=None,
+                 help="truncate a state's history to this many tokens (default: no limit)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of the alternatives drawn and the A/B positions")
+  p.add_argument("--temperature", type=float, default=1.0,
+                 help="sampling temperature of --alternatives policy")
   p.add_argument("--case-sensitive", action="store_true",
                  help="the environment distinguishes actions by case")
   p.add_argument("--require-admissible", action="store_true",
                  help="policy: reject samples outside step.admissible")
-  p.add_argument("--sample-batch-size", type=int, default=64)
+  p.add_argument("--sample-batch-size", type=int, default=64,
+                 help="prompts per sampler call (--alternatives policy)")
   p.add_argument("--prompts", help="JSON file overriding PromptConfig fields")
   p.add_argument("--errors", default="raise", choices=["raise", "skip"],
                  help="malformed records: stop, or count and skip")
-  p.add_argument("--out", required=True)
+  p.add_argument("--out", required=True, help="output directory of the datasets")
   return p
 
 
 def main(argv: Sequence[str] | None = None) -> BuildReport:
-  args = _parser().parse_args(argv)
+  args = parser().parse_args(argv)
   tok_dir = args.tokenizer or args.model
   if not tok_dir:
     raise SystemExit("--tokenizer (or --model) is required")

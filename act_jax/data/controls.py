@@ -1,7 +1,7 @@
 """Control critic datasets: what ACT's critic stage becomes without its signal.
 
 They separate "the critic learns which action is better" from "any extra training on
-this text helps" (docs/results.md):
+this text helps" (docs/smollm2.md):
 
   shuffled  the same prompts, each label drawn at random: the reward carries no
             information about which action is better

