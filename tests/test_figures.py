@@ -81,7 +81,7 @@ def test_replot_draws_every_metric_split_pair_and_curve_kind(tmp_path, figures_o
   written = results.replot(str(run), str(out))
   assert {"results.md", "variants.png", "deltas.png", "curves.png", "results.json",
           "curves.json"} == set(written)
-  assert "| first_letter_rate |" in (out / "results.md").read_text()  # a metric with no entry
+  assert "| first-letter rate |" in (out / "results.md").read_text()  # a metric the table names
 
   variants = _panels(figures_of["variants.png"])
   held = {m for v in doc["variants"].values() for s in v.values() for m in s}
