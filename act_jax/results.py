@@ -19,11 +19,12 @@ from act_jax import stats
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
-           "judgment_forced_accuracy", "unparsed_action_rate")
+           "judgment_forced_accuracy", "unparsed_action_rate", "truncated_action_rate")
 SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
          "judgment_accuracy": "judgment acc (greedy)",
          "judgment_forced_accuracy": "judgment acc (forced choice)",
-         "unparsed_action_rate": "unparsed actions (generate)"}
+         "unparsed_action_rate": "unparsed actions (generate)",
+         "truncated_action_rate": "actions cut by the token budget (generate)"}
 # Each ACT variant against the baseline it extends, on the metrics the pair is about.
 # Both runs of a pair share the seed (data order), so their per-seed difference is paired.
 DELTAS = (("il_w_act", "il", ("success_rate", "next_action_accuracy")),

@@ -239,3 +239,52 @@ def test_rank_modes_sum_or_length_normalise(tok):
   mean = policy.ModelPolicy(FakeScorer(lens[0]), None, tok, CFG, mode="rank_mean")
   assert summed([x]) == ["go"]  # the sum favours the short action
   assert mean([x]) == ["take the big red apple"]
+
+
+# --- generated actions: budget and truncation ------------------------------------------
+
+
+class FakeActor:
+  """Greedy completions "Action: <text>" + EOS, cut at max_new_tokens as a sampler does,
+  with its finish reason ("length" when cut)."""
+
+  def __init__(self, tok, eos, text):
+    self.tok, self.eos, self.text = tok, eos, text
+
+  def generate(self, params, ids, sampling, max_new_tokens):
+    full = self.tok(f"Action: {self.text}", add_special_tokens=False)["input_ids"] + [self.eos]
+    cut = len(full) > max_new_tokens
+    return type("R", (), {"sequences": lambda _: [full[:max_new_tokens] for _ in ids],
+                          "finish_reasons": ["length" if cut else "eos"] * len(ids)})()
+
+
+def test_cut_actions_are_counted_per_episode(tok):
+  long = "take the blue jay egg from the fire pit in the outside"
+  n = len(tok(f"Action: {long}", add_special_tokens=False)["input_ids"]) + 1
+  spec = rollout.EpisodeSpec("scienceworld", "find-animal", "dev", 3)
+  xs = [rollout.PolicyInput(task="t", history=(), observation="o", admissible=(), spec=s)
+        for s in (spec, None)]
+  eos = examples.eos_id(tok, CFG)
+  for budget, cut in ((n, 0), (n - 3, 1)):  # n - 3: the action loses words
+    pol = policy.ModelPolicy(FakeActor(tok, eos, long), None, tok, CFG, mode="generate",
+                             max_new_tokens=budget)
+    got = pol(xs)
+    assert (got[0] == long) == (cut == 0)
+    counts = pol.take_counts()
+    assert (counts[spec.key]["generated"], counts[spec.key]["truncated"]) == (1, cut)
+    assert counts[None]["truncated"] == cut
+    assert pol.take_counts() == {}
+    fields = evaluation.generation_counts(counts.values())
+    assert (fields["truncated_actions"], fields["truncated_action_rate"]) == (2 * cut, cut)
+
+
+def test_action_budget_is_sized_from_the_data(tok):
+  import ml_collections
+  trajs = [_trajectory(2), Trajectory(task="t", steps=[Step("o", "focus on the blue jay egg")])]
+  longest = max(len(tok(f"Action: {s.action}", add_special_tokens=False)["input_ids"]) + 1
+                for t in trajs for s in t.steps)
+  cfg = lambda **kw: ml_collections.ConfigDict({"eval": kw})
+  assert evaluation.action_budget(cfg(), trajs, tok, CFG) == longest + evaluation.ACTION_MARGIN
+  assert evaluation.action_budget(cfg(action_max_new_tokens=longest), trajs, tok, CFG) == longest
+  with pytest.raises(ValueError, match=r"config\.eval\.action_max_new_tokens=.*blue jay"):
+    evaluation.action_budget(cfg(action_max_new_tokens=longest - 1), trajs, tok, CFG)
