@@ -227,7 +227,8 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   greedy reasoning (if any) is kept and log p of each answer string ("Answer: A" +
   EOS) compared after it; a pair counts as right when the expert's answer wins on
   the margin averaged over both orders (a tie counts half), which cancels a letter bias.
-  Intervals: bootstrap over episodes (pairs of one episode share its states).
+  Intervals: bootstrap over episodes (pairs of one episode share its states). Each
+  pair's outcomes are kept (`judgment_per_pair`) for paired deltas against θ0.
   `progress(n)` as n pairs are judged greedily.
   """
   answers = examples.answer_ids(tokenizer, prompt_cfg)
@@ -272,7 +273,13 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   episodes = [as_text(r["state_id"]).rsplit("/", 1)[0] for r in records]
   greedy = scores.correct.astype(np.float64)
   n = len(records)
+  items = ["|".join(as_text(r[k]) for k in ("state_id", "action_a", "action_b"))
+           for r in records]
   return {"pairs": n, "episodes": len(set(episodes)),
+          # Each pair's outcomes, so a delta against θ0 pairs pair by pair (`results`).
+          "judgment_per_pair": {"items": items, "episodes": episodes,
+                                "judgment_accuracy": greedy.tolist(),
+                                "judgment_forced_accuracy": forced.tolist()},
           "judgment_accuracy": float(greedy.mean()) if n else 0.0,
           "judgment_accuracy_ci95": list(stats.cluster_bootstrap_ci(greedy, episodes)),
           "judgment_format_error_rate": float(scores.malformed.mean()) if n else 0.0,

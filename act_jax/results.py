@@ -4,7 +4,8 @@ Input: {variant: {seed: {split: {metric: value}}}}. Output keeps every seed's va
 and adds the mean and a 95% interval over seeds (Student t; with one seed the
 interval is the one the evaluator reported for that run: Wilson over episodes, a
 bootstrap over episodes for per-state accuracies), plus paired per-seed deltas of
-each ACT variant against its baseline.
+each ACT variant against its baseline (against θ0, evaluated once, paired per held-out
+pair instead, so θ0's own interval counts).
 """
 from __future__ import annotations
 
@@ -82,12 +83,33 @@ def deltas(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]]]]
       for metric in metrics:
         values = lambda v: {seed: ev[split][metric] for seed, ev in per_seed[v].items()
                             if ev.get(split, {}).get(metric) is not None}
-        d = stats.paired_deltas(values(treated), values(base))
+        d = (_per_item_delta(per_seed[treated], per_seed[base], split, metric)
+             if len(per_seed[base]) == 1 else None)
+        if d is None:
+          d = stats.paired_deltas(values(treated), values(base))
         if d is not None:
           splits.setdefault(split, {})[metric] = d
     if splits:
       out[f"{treated} - {base}"] = splits
   return out
+
+
+def _per_item_delta(treated: Mapping[Any, Mapping[str, Any]], base: Mapping[Any, Any],
+                    split: str, metric: str) -> dict[str, Any] | None:
+  """Against a baseline evaluated once (θ0): paired pair by pair from the evaluations'
+  `judgment_per_pair` outcomes, so θ0's own sampling noise is in the interval; None
+  when an evaluation lacks them."""
+  def outcomes(ev: Mapping[str, Any]) -> dict[str, float] | None:
+    per = ev.get(split, {}).get("judgment_per_pair")
+    return dict(zip(per["items"], per[metric])) if per and metric in per else None
+  (b_ev,) = base.values()
+  b = outcomes(b_ev)
+  t = {seed: outcomes(ev) for seed, ev in treated.items()}
+  if b is None or not t or any(v is None for v in t.values()):
+    return None
+  per = b_ev[split]["judgment_per_pair"]
+  clusters = dict(zip(per["items"], per["episodes"]))
+  return stats.paired_outcome_deltas(t, b, clusters)
 
 
 def _cell(mean: float, ci: Sequence[float]) -> str:
@@ -116,7 +138,7 @@ def markdown(variants: Mapping[str, Any], order: Sequence[str]) -> str:
 
 def deltas_markdown(paired: Mapping[str, Any]) -> str:
   """One row per (pair, split, metric): mean delta in points, t-interval, per seed."""
-  lines = ["| pair | split | metric | mean delta [95% t-CI] | per seed |",
+  lines = ["| pair | split | metric | mean delta [95% CI] | per seed |",
            "|---|---|---|---|---|"]
   for pair, splits in paired.items():
     for split, metrics in splits.items():
@@ -139,7 +161,7 @@ def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
             "with one seed, the run's own interval).\n\n")
     f.write(markdown(variants, order))
     if paired:
-      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds)\n\n")
+      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds; against θ0, evaluated once, paired per held-out pair with a bootstrap over seeds and episodes)\n\n")
       f.write(deltas_markdown(paired))
   return doc
 

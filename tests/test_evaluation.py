@@ -120,6 +120,9 @@ def test_forced_choice_averages_both_orders_so_letter_bias_cancels(tok, skill, e
   out = evaluation.judgment_accuracy(FakeCritic(tok, expert_of, skill), None, tok, CFG, recs,
                                      JUDGE, max_new_tokens=64)
   assert out["judgment_forced_accuracy"] == expected
+  per = out["judgment_per_pair"]  # each pair's outcome, named by its state and actions
+  assert per["judgment_forced_accuracy"] == [expected] * len(recs)
+  assert len(set(per["items"])) == len(recs) and per["episodes"] == ["ep0"] * len(recs)
   lo, hi = out["judgment_forced_accuracy_ci95"]
   assert lo <= expected <= hi
 
@@ -208,6 +211,35 @@ def test_paired_deltas_per_seed_with_t_interval():
   # θ0 is evaluated once: every seed of act is paired with it.
   assert d["act - prompt"]["id"]["judgment_accuracy"]["per_seed"] == pytest.approx([0.2, 0.1])
   assert "rl_w_act - rl" not in d
+
+
+def test_delta_against_theta0_is_paired_per_pair_with_its_own_noise():
+  import itertools
+  # θ0 and act judged on the same 4 held-out pairs of 3 episodes; act has two seeds.
+  items, episodes = ["p0", "p1", "p2", "p3"], ["a", "b", "c", "c"]
+  theta0 = [1.0, 0.0, 0.0, 1.0]
+  act = {0: [1.0, 1.0, 1.0, 1.0], 1: [1.0, 1.0, 0.0, 1.0]}
+  per_pair = lambda y: {"items": items, "episodes": episodes, "judgment_accuracy": y}
+  ev = lambda y: {"id": {"judgment_accuracy": float(np.mean(y)), "judgment_per_pair": per_pair(y)}}
+  per_seed = {"prompt": {0: ev(theta0)}, "act": {s: ev(y) for s, y in act.items()}}
+  d = results.deltas(per_seed)["act - prompt"]["id"]["judgment_accuracy"]
+  # Independent computation: per-seed paired differences, and the exact bootstrap
+  # distribution by enumerating every draw of seeds (2^2) and of episodes (3^3).
+  diff = {s: dict(zip(items, np.subtract(y, theta0))) for s, y in act.items()}
+  assert d["per_seed"] == pytest.approx([0.5, 0.25])
+  assert d["mean"] == pytest.approx(0.375)
+  members = {"a": ["p0"], "b": ["p1"], "c": ["p2", "p3"]}
+  means = sorted(
+      np.mean([sum(diff[s][k] for e in es for k in members[e])
+               / sum(len(members[e]) for e in es) for s in ss])
+      for ss in itertools.product(act, repeat=2) for es in itertools.product("abc", repeat=3))
+  q = lambda p: np.quantile(means, p)
+  lo, hi = d["ci95"]
+  assert q(0.01) - 1e-9 <= lo <= q(0.05) + 1e-9 and q(0.95) - 1e-9 <= hi <= q(0.99) + 1e-9
+  # θ0's sampling noise is in the interval: seeds that agree exactly still get one.
+  same = {"prompt": {0: ev(theta0)}, "act": {0: ev(act[0]), 1: ev(act[0])}}
+  lo, hi = results.deltas(same)["act - prompt"]["id"]["judgment_accuracy"]["ci95"]
+  assert hi - lo > 0.2
 
 
 def test_results_files_carry_the_deltas(tmp_path):
