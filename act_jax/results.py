@@ -161,7 +161,9 @@ def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
             "with one seed, the run's own interval).\n\n")
     f.write(markdown(variants, order))
     if paired:
-      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds; against θ0, evaluated once, paired per held-out pair with a bootstrap over seeds and episodes)\n\n")
+      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds; "
+              "against θ0, evaluated once, paired per held-out pair with a bootstrap over "
+              "seeds and episodes)\n\n")
       f.write(deltas_markdown(paired))
   return doc
 
