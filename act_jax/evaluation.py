@@ -57,6 +57,42 @@ def judgment_config(c: ml_collections.ConfigDict) -> rewards.JudgmentConfig:
   return rewards.make_config(fields.pop("name"), **fields)
 
 
+# Tokens allowed beyond the longest expert action target when the budget is derived.
+ACTION_MARGIN = 8
+
+
+def action_budget(c: ml_collections.ConfigDict, trajectories: Iterable[Any], tokenizer: Any,
+                  pcfg: prompts_lib.PromptConfig) -> int:
+  """Tokens a generated action may take: `config.eval.action_max_new_tokens`, or when
+  unset the longest expert action target (with EOS) in the data plus `ACTION_MARGIN`.
+
+  A budget shorter than an expert action would cut correct answers short, so it is
+  refused; actions that still reach the budget are counted in eval.json.
+  """
+  targets = sorted({prompts_lib.action_target(s.action, pcfg)
+                    for t in trajectories for s in t.steps})
+  lengths = tokenizer(targets, add_special_tokens=False)["input_ids"] if targets else []
+  longest, action = max(((len(ids) + 1, a) for ids, a in zip(lengths, targets)),
+                        default=(1, ""))
+  budget = c.eval.get("action_max_new_tokens")
+  if budget is None:
+    return longest + ACTION_MARGIN
+  if budget < longest:
+    raise ValueError(
+        f"config.eval.action_max_new_tokens={budget} is shorter than the longest expert "
+        f"action target in the data ({longest} tokens with EOS: {action!r}); raise it or "
+        "leave it unset to derive it from the data")
+  return int(budget)
+
+
+def generation_counts(counts: Iterable[collections.Counter]) -> dict[str, Any]:
+  """eval.json's generate-mode fields from `ModelPolicy.take_counts()` entries."""
+  c = sum(counts, collections.Counter())
+  n = max(c["generated"], 1)
+  return {"unparsed_action_rate": c["unparsed"] / n, "truncated_actions": c["truncated"],
+          "truncated_action_rate": c["truncated"] / n, "generated_actions": c["generated"]}
+
+
 def training_instruction(trajectories: Iterable[Any]) -> str:
   """The instruction the training prompts carry, so evaluation prompts carry it too.
 
@@ -89,10 +125,12 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
   report: dict[str, Any] = {"splits": {}}
   splits = splits_lib.env_splits(c)
   eval_specs = splits_lib.eval_episodes(splits, c.eval.episodes_per_game)
-  instruction = training_instruction(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
+  train = list(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
+  instruction = training_instruction(train)
   modes = eval_modes(c)
   trajs = {split: list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
            for split in eval_specs}
+  budget = action_budget(c, train + [t for ts in trajs.values() for t in ts], tokenizer, pcfg)
   pairs = {split: critic_pairs(os.path.join(datasets_dir, split), c.eval.critic_pairs)
            for split in splits if split != "train"}
   n_states = {split: min(len(rollout.expert_states(t)), c.eval.heldout_states)
@@ -103,10 +141,11 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
     for mode in modes:
       pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode=mode,
                         max_state_tokens=c.data.max_state_tokens, instruction=instruction,
-                        reflection_tokens=reflection_tokens)
+                        reflection_tokens=reflection_tokens, max_new_tokens=budget)
       bar.update_to(bar.n, {"doing": f"{mode} episodes"})
       res = rollout.evaluate(pol, pool, eval_specs, c.env.max_steps, keep_episodes=True,
                              progress=bar.update)
+      episode_counts = pol.take_counts()
       for split, r in res.items():
         key = split if mode == modes[0] else f"{split}[{mode}]"
         entry = report["splits"].setdefault(key, {})
@@ -123,8 +162,11 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
                      next_action_states=na["states"], next_action_episodes=na["episodes"],
                      next_action_accuracy_per_unit=na["per_state"],
                      next_action_accuracy_unit_cluster=na["per_state_episode"])
-        if mode == "generate":
-          entry["unparsed_action_rate"] = pol.unparsed / max(pol.generated, 1)
+        if mode == "generate":  # this split's episodes and its held-out states
+          keys = {spec.key for spec in eval_specs[split]}
+          counts = [n for k, n in episode_counts.items() if k in keys]
+          entry.update(generation_counts(counts + list(pol.take_counts().values())),
+                       action_max_new_tokens=budget)
     judgment = judgment_config(c)
     for split, recs in pairs.items():
       if recs is None:
@@ -191,7 +233,9 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
   greedy reasoning (if any) is kept and log p of each answer string ("Answer: A" +
   EOS) compared after it; a pair counts as right when the expert's answer wins on
   the margin averaged over both orders (a tie counts half), which cancels a letter bias.
-  Intervals: bootstrap over episodes (pairs of one episode share its states).
+  Intervals: bootstrap over episodes (pairs of one episode share its states). Each
+  pair's outcomes are kept (`*_per_unit`, in record order, with their episodes) for
+  paired deltas against θ0.
   `progress(n)` as n pairs are judged greedily.
   """
   answers = examples.answer_ids(tokenizer, prompt_cfg)

@@ -7,12 +7,16 @@ likelihood of their training target: summed log-prob ("rank") or log-prob per ta
 token ("rank_mean"; the sum favours short actions). Every call is batched across
 episodes. The model as a critic is scored in `act_jax.evaluation`.
 
+In "generate" mode an action is at most `max_new_tokens` long; one that reaches the
+budget without ending is cut short, and counted per episode (`counts`), not hidden.
+
 A policy trained to reflect before it acts (the self-reflection baseline, `ee_sr`) gets
 `reflection_tokens` more to generate; in a rank mode it first writes its reflection
 greedily, up to the action marker, and ranks the action targets after it.
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Sequence
 
 import numpy as np
@@ -41,7 +45,14 @@ class ModelPolicy:
     self.max_new_tokens, self.instruction, self.batch_size = max_new_tokens, instruction, batch_size
     self.reflection_tokens = reflection_tokens
     self._eos = examples.eos_id(tokenizer, prompt_cfg)
-    self.generated = self.unparsed = 0
+    # episode key (None: a state without an episode spec) -> generated / unparsed / truncated.
+    self.counts: dict[str | None, collections.Counter] = collections.defaultdict(
+        collections.Counter)
+
+  def take_counts(self) -> dict[str | None, collections.Counter]:
+    """The generation counts since the last call, per episode key; resets them."""
+    counts, self.counts = self.counts, collections.defaultdict(collections.Counter)
+    return counts
 
   def state_text(self, x: PolicyInput) -> str:
     """The state as training rendered it; `instruction` stands in where x has none."""
@@ -59,29 +70,34 @@ class ModelPolicy:
     for i in range(0, len(inputs), self.batch_size):
       chunk = inputs[i:i + self.batch_size]
       ids = self.prompt_ids(chunk)
-      out.extend(self._generate(ids) if self.mode == "generate" else self._rank(chunk, ids))
+      out.extend(self._generate(chunk, ids) if self.mode == "generate"
+                 else self._rank(chunk, ids))
     return out
 
-  def _completions(self, ids: list[list[int]]) -> list[str]:
+  def _completions(self, ids: list[list[int]]) -> tuple[list[str], list[str]]:
+    """Greedy completions and their finish reasons ("length": cut by the budget)."""
     res = self.sampler.generate(self.params, ids, sampling=GREEDY,
                                 max_new_tokens=self.max_new_tokens + self.reflection_tokens)
-    return [self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences()]
+    return ([self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences()],
+            list(res.finish_reasons))
 
   def _reflect(self, ids: list[list[int]]) -> list[list[int]]:
     """Each prompt followed by the policy's own reflection: what it writes before the
     action marker (all of it, when no marker comes within the budget)."""
     texts = [parsing.split_action(t, self.cfg.action_pattern)[1]
-             for t in self._completions(ids)]
+             for t in self._completions(ids)[0]]
     return [list(p) + (self.tok(t, add_special_tokens=False)["input_ids"] if t else [])
             for p, t in zip(ids, texts)]
 
-  def _generate(self, ids: list[list[int]]) -> list[str]:
+  def _generate(self, inputs: Sequence[PolicyInput], ids: list[list[int]]) -> list[str]:
     actions = []
-    for text in self._completions(ids):
+    for x, text, finish in zip(inputs, *self._completions(ids)):
       action = parsing.parse_action(text, self.cfg.action_pattern)
-      self.generated += 1
+      count = self.counts[x.spec.key if x.spec else None]
+      count["generated"] += 1
+      count["truncated"] += finish == "length"
       if action is None:
-        self.unparsed += 1
+        count["unparsed"] += 1
         action = text.strip()
       actions.append(action)
     return actions

@@ -4,7 +4,8 @@ Input: {variant: {seed: {split: {metric: value}}}}. Output keeps every seed's va
 and adds the mean and a 95% interval over seeds (Student t; with one seed the
 interval is the one the evaluator reported for that run: Wilson over episodes, a
 bootstrap over episodes for per-state accuracies), plus paired per-seed deltas of
-each ACT variant against its baseline.
+each ACT variant against its baseline (against θ0, evaluated once, paired per held-out
+episode, state or pair instead, so θ0's own sampling noise is in the interval).
 
 `python -m act_jax.results --replot DIR [--out OUT]` redraws a finished run's
 results.md and figures (act_jax.figures) from DIR/results.json and the stages' metric
@@ -25,13 +26,14 @@ from act_jax import stats
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
            "judgment_forced_accuracy", "judgment_format_error_rate", "first_letter_rate",
-           "unparsed_action_rate")
+           "unparsed_action_rate", "truncated_action_rate")
 SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
          "judgment_accuracy": "judgment acc (greedy)",
          "judgment_forced_accuracy": "judgment acc (forced choice)",
          "judgment_format_error_rate": "judgment format errors (greedy)",
          "first_letter_rate": "first-letter rate",
-         "unparsed_action_rate": "unparsed actions (generate)"}
+         "unparsed_action_rate": "unparsed actions (generate)",
+         "truncated_action_rate": "actions cut by the token budget (generate)"}
 # Each ACT variant against the baseline it extends, on the metrics the pair is about.
 # Both runs of a pair share the seed (data order), so their per-seed difference is paired.
 ACTION = ("success_rate", "next_action_accuracy")
@@ -98,12 +100,33 @@ def deltas(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]]]]
       for metric in metrics:
         values = lambda v: {seed: ev[split][metric] for seed, ev in per_seed[v].items()
                             if ev.get(split, {}).get(metric) is not None}
-        d = stats.paired_deltas(values(treated), values(base))
+        d = (_per_item_delta(per_seed[treated], per_seed[base], split, metric)
+             if len(per_seed[base]) == 1 else None)
+        if d is None:
+          d = stats.paired_deltas(values(treated), values(base))
         if d is not None:
           splits.setdefault(split, {})[metric] = d
     if splits:
       out[f"{treated} - {base}"] = splits
   return out
+
+
+def _per_item_delta(treated: Mapping[Any, Mapping[str, Any]], base: Mapping[Any, Any],
+                    split: str, metric: str) -> dict[str, Any] | None:
+  """Against a baseline evaluated once (θ0): paired unit by unit (episode, state or
+  critic pair: the evaluations' `<metric>_per_unit` outcomes, in one fixed order, and
+  `<metric>_unit_cluster` episodes), so θ0's own sampling noise is in the interval;
+  None when an evaluation lacks them."""
+  def outcomes(ev: Mapping[str, Any]) -> dict[int, float] | None:
+    units = ev.get(split, {}).get(metric + "_per_unit")
+    return dict(enumerate(units)) if units is not None else None
+  (b_ev,) = base.values()
+  b = outcomes(b_ev)
+  t = {seed: outcomes(ev) for seed, ev in treated.items()}
+  if b is None or not t or any(v is None or len(v) != len(b) for v in t.values()):
+    return None
+  clusters = dict(enumerate(b_ev[split][metric + "_unit_cluster"]))
+  return stats.paired_outcome_deltas(t, b, clusters)
 
 
 def _cell(mean: float, ci: Sequence[float]) -> str:
@@ -154,7 +177,7 @@ def markdown(variants: Mapping[str, Any], order: Sequence[str]) -> str:
 
 def deltas_markdown(paired: Mapping[str, Any]) -> str:
   """One row per (pair, split, metric): mean delta in points, t-interval, per seed."""
-  lines = ["| pair | split | metric | mean delta [95% t-CI] | per seed |",
+  lines = ["| pair | split | metric | mean delta [95% CI] | per seed |",
            "|---|---|---|---|---|"]
   for pair, splits in paired.items():
     for split, metrics in splits.items():
@@ -183,7 +206,9 @@ def write_markdown(path: str, doc: Mapping[str, Any]) -> None:
             "the model never gave a parseable answer; it writes actions).\n\n")
     f.write(markdown(doc["variants"], doc["order"]))
     if doc["deltas"]:
-      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds)\n\n")
+      f.write("\n## Paired deltas (points; per-seed differences, t-interval over seeds; "
+              "against θ0, evaluated once, paired per episode, state or pair with a "
+              "bootstrap over seeds and episodes)\n\n")
       f.write(deltas_markdown(doc["deltas"]))
 
 

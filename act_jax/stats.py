@@ -56,6 +56,40 @@ def cluster_bootstrap_ci(outcomes: Sequence[float], clusters: Sequence[Hashable]
   return (float(lo), float(hi))
 
 
+def paired_outcome_deltas(treated: dict[Any, dict[str, float]], baseline: dict[str, float],
+                          clusters: dict[str, Hashable], n_boot: int = 2000, seed: int = 0
+                          ) -> dict[str, Any] | None:
+  """Treated − baseline paired item by item (e.g. held-out pairs), for a baseline
+  evaluated once (θ0): its score is a sample of the same items, not a constant.
+
+  treated: {seed: {item: outcome}}; baseline: {item: outcome}; clusters: {item: episode}.
+  The estimate is the mean over seeds of each seed's mean per-item difference over the
+  items both have. The interval is a percentile bootstrap that resamples seeds and, shared
+  by both arms (the pairing), whole episodes of items, so it carries θ0's own sampling
+  noise as well as the seeds'.
+  """
+  seeds = sorted(s for s in treated if set(treated[s]) & set(baseline))
+  if not seeds:
+    return None
+  items = sorted(set(baseline).intersection(*(treated[s] for s in seeds)))
+  if not items:
+    return None
+  _, idx = np.unique(np.asarray([str(clusters[k]) for k in items]), return_inverse=True)
+  diff = np.asarray([[treated[s][k] - baseline[k] for k in items] for s in seeds], np.float64)
+  sums = np.stack([np.bincount(idx, weights=d) for d in diff])  # [seeds, clusters]
+  counts = np.bincount(idx).astype(np.float64)
+  per_seed = sums.sum(1) / counts.sum()
+  rng = np.random.default_rng(seed)
+  draws = rng.integers(0, len(counts), size=(n_boot, len(counts)))
+  seed_draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+  by_seed = sums[:, draws].sum(-1) / counts[draws].sum(-1)  # [seeds, n_boot]
+  means = np.take_along_axis(by_seed.T, seed_draws, axis=1).mean(1)
+  lo, hi = np.percentile(means, [2.5, 97.5])
+  return {"mean": float(per_seed.mean()), "ci95": [float(lo), float(hi)],
+          "per_seed": per_seed.tolist(), "seeds": seeds, "items": len(items),
+          "interval": "bootstrap over seeds and episodes, paired by item"}
+
+
 def paired_deltas(treated: dict[Any, float], baseline: dict[Any, float]
                   ) -> dict[str, Any] | None:
   """Per-seed differences treated − baseline over the seeds both have, with a t-interval.

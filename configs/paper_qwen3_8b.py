@@ -21,7 +21,9 @@ def get_config():
       trajectories="data/scienceworld_sft.json"))  # public conversation-format set
   c.env = ml_collections.ConfigDict(dict(
       name="scienceworld", games=[], train_per_game=10, heldout_per_game=3, max_steps=50,
-      pool_size=16, env_kwargs=dict()))
+      pool_size=16,
+      # The imported observations carry no look/inventory text; live ones must not either.
+      env_kwargs=dict(observe_look_inventory=False)))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=0))
   c.data = ml_collections.ConfigDict(dict(alternatives="policy", k=4,  # K [I]
                                           max_state_tokens=4096))  # [I]

@@ -552,3 +552,15 @@ def test_build_with_policy_alternatives(tok, tmp_path):
   assert len(critic) == 30
   assert {critic[i]["alternative_source"] for i in range(30)} == {b"policy"}
   assert {critic[i]["alternative_action"] for i in range(30)} == {b"look 0", b"look 1"}
+
+
+def test_imported_data_needs_live_observations_without_look_inventory():
+  import ml_collections
+  from act_jax.data import steps
+  cfg = lambda kw: ml_collections.ConfigDict(
+      {"pipeline": {"trajectories": CONVERSATIONS}, "env": {"env_kwargs": kw}})
+  with pytest.raises(ValueError, match=r"config\.env\.env_kwargs\.observe_look_inventory"):
+    steps.check_imported_observations(cfg({}))
+  steps.check_imported_observations(cfg({"observe_look_inventory": False}))
+  steps.check_imported_observations(ml_collections.ConfigDict(
+      {"pipeline": {"trajectories": ""}, "env": {"env_kwargs": {}}}))

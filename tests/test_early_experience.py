@@ -174,7 +174,8 @@ class FakeModel:
   def generate(self, params, ids, sampling, max_new_tokens):
     self.budgets.append(max_new_tokens)
     seq = self.tok(self.completion)["input_ids"]
-    return type("R", (), {"sequences": lambda _: [seq for _ in ids]})()
+    return type("R", (), {"sequences": lambda _: [seq for _ in ids],
+                         "finish_reasons": ["eos"] * len(ids)})()
 
   def score(self, params, prompts_, conts):
     self.scored.extend(prompts_)

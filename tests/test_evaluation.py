@@ -141,6 +141,9 @@ def test_forced_choice_averages_both_orders_so_letter_bias_cancels(tok, skill, e
   out = evaluation.judgment_accuracy(FakeCritic(tok, expert_of, skill), None, tok, CFG, recs,
                                      JUDGE, max_new_tokens=64)
   assert out["judgment_forced_accuracy"] == expected
+  # Each pair's outcome, in record order, with its episode.
+  assert out["judgment_forced_accuracy_per_unit"] == [expected] * len(recs)
+  assert out["judgment_forced_accuracy_unit_cluster"] == ["ep0"] * len(recs)
   lo, hi = out["judgment_forced_accuracy_ci95"]
   assert lo <= expected <= hi
 
@@ -231,6 +234,36 @@ def test_paired_deltas_per_seed_with_t_interval():
   assert "rl_w_act - rl" not in d
 
 
+def test_delta_against_theta0_is_paired_per_pair_with_its_own_noise():
+  import itertools
+  # θ0 and act judged on the same 4 held-out pairs of 3 episodes; act has two seeds.
+  items, episodes = ["p0", "p1", "p2", "p3"], ["a", "b", "c", "c"]
+  theta0 = [1.0, 0.0, 0.0, 1.0]
+  act = {0: [1.0, 1.0, 1.0, 1.0], 1: [1.0, 1.0, 0.0, 1.0]}
+  ev = lambda y: {"id": {"judgment_accuracy": float(np.mean(y)),
+                         "judgment_accuracy_per_unit": y,
+                         "judgment_accuracy_unit_cluster": episodes}}
+  per_seed = {"prompt": {0: ev(theta0)}, "act": {s: ev(y) for s, y in act.items()}}
+  d = results.deltas(per_seed)["act - prompt"]["id"]["judgment_accuracy"]
+  # Independent computation: per-seed paired differences, and the exact bootstrap
+  # distribution by enumerating every draw of seeds (2^2) and of episodes (3^3).
+  diff = {s: dict(zip(items, np.subtract(y, theta0))) for s, y in act.items()}
+  assert d["per_seed"] == pytest.approx([0.5, 0.25])
+  assert d["mean"] == pytest.approx(0.375)
+  members = {"a": ["p0"], "b": ["p1"], "c": ["p2", "p3"]}
+  means = sorted(
+      np.mean([sum(diff[s][k] for e in es for k in members[e])
+               / sum(len(members[e]) for e in es) for s in ss])
+      for ss in itertools.product(act, repeat=2) for es in itertools.product("abc", repeat=3))
+  q = lambda p: np.quantile(means, p)
+  lo, hi = d["ci95"]
+  assert q(0.01) - 1e-9 <= lo <= q(0.05) + 1e-9 and q(0.95) - 1e-9 <= hi <= q(0.99) + 1e-9
+  # θ0's sampling noise is in the interval: seeds that agree exactly still get one.
+  same = {"prompt": {0: ev(theta0)}, "act": {0: ev(act[0]), 1: ev(act[0])}}
+  lo, hi = results.deltas(same)["act - prompt"]["id"]["judgment_accuracy"]["ci95"]
+  assert hi - lo > 0.2
+
+
 def test_results_files_carry_the_deltas(tmp_path):
   ev = lambda x: {"id": {"success_rate": x}}
   doc = results.write(str(tmp_path), {"il": {0: ev(0.5), 1: ev(0.5)},
@@ -260,3 +293,52 @@ def test_rank_modes_sum_or_length_normalise(tok):
   mean = policy.ModelPolicy(FakeScorer(lens[0]), None, tok, CFG, mode="rank_mean")
   assert summed([x]) == ["go"]  # the sum favours the short action
   assert mean([x]) == ["take the big red apple"]
+
+
+# --- generated actions: budget and truncation ------------------------------------------
+
+
+class FakeActor:
+  """Greedy completions "Action: <text>" + EOS, cut at max_new_tokens as a sampler does,
+  with its finish reason ("length" when cut)."""
+
+  def __init__(self, tok, eos, text):
+    self.tok, self.eos, self.text = tok, eos, text
+
+  def generate(self, params, ids, sampling, max_new_tokens):
+    full = self.tok(f"Action: {self.text}", add_special_tokens=False)["input_ids"] + [self.eos]
+    cut = len(full) > max_new_tokens
+    return type("R", (), {"sequences": lambda _: [full[:max_new_tokens] for _ in ids],
+                          "finish_reasons": ["length" if cut else "eos"] * len(ids)})()
+
+
+def test_cut_actions_are_counted_per_episode(tok):
+  long = "take the blue jay egg from the fire pit in the outside"
+  n = len(tok(f"Action: {long}", add_special_tokens=False)["input_ids"]) + 1
+  spec = rollout.EpisodeSpec("scienceworld", "find-animal", "dev", 3)
+  xs = [rollout.PolicyInput(task="t", history=(), observation="o", admissible=(), spec=s)
+        for s in (spec, None)]
+  eos = examples.eos_id(tok, CFG)
+  for budget, cut in ((n, 0), (n - 3, 1)):  # n - 3: the action loses words
+    pol = policy.ModelPolicy(FakeActor(tok, eos, long), None, tok, CFG, mode="generate",
+                             max_new_tokens=budget)
+    got = pol(xs)
+    assert (got[0] == long) == (cut == 0)
+    counts = pol.take_counts()
+    assert (counts[spec.key]["generated"], counts[spec.key]["truncated"]) == (1, cut)
+    assert counts[None]["truncated"] == cut
+    assert pol.take_counts() == {}
+    fields = evaluation.generation_counts(counts.values())
+    assert (fields["truncated_actions"], fields["truncated_action_rate"]) == (2 * cut, cut)
+
+
+def test_action_budget_is_sized_from_the_data(tok):
+  import ml_collections
+  trajs = [_trajectory(2), Trajectory(task="t", steps=[Step("o", "focus on the blue jay egg")])]
+  longest = max(len(tok(f"Action: {s.action}", add_special_tokens=False)["input_ids"]) + 1
+                for t in trajs for s in t.steps)
+  cfg = lambda **kw: ml_collections.ConfigDict({"eval": kw})
+  assert evaluation.action_budget(cfg(), trajs, tok, CFG) == longest + evaluation.ACTION_MARGIN
+  assert evaluation.action_budget(cfg(action_max_new_tokens=longest), trajs, tok, CFG) == longest
+  with pytest.raises(ValueError, match=r"config\.eval\.action_max_new_tokens=.*blue jay"):
+    evaluation.action_budget(cfg(action_max_new_tokens=longest - 1), trajs, tok, CFG)

@@ -104,7 +104,7 @@ def test_rerun_retrains_nothing_and_deleting_a_stage_redoes_its_dependents(finis
                     "s0/eval_rl_w_act"}
 
 
-def test_more_seeds_train_only_the_new_seeds_and_evaluate_theta0_once(finished_run, tmp_path):
+def test_more_seeds_or_a_seed_slice_train_only_the_new_seeds_and_evaluate_theta0_once(finished_run, tmp_path):
   from act_jax.pipeline import Pipeline
   workdir = str(tmp_path / "copy")
   shutil.copytree(finished_run[0], workdir)
@@ -117,6 +117,15 @@ def test_more_seeds_train_only_the_new_seeds_and_evaluate_theta0_once(finished_r
   assert set(after) - set(before) == {"s1/il", "s1/eval_il"}
   per_seed = lambda v: res["variants"][v]["id"]["success_rate"]["per_seed"]
   assert len(per_seed("il")) == 2 and len(per_seed("prompt")) == 1
+  # A slice of the seeds (another process): seed 2 alone, into the same run directory;
+  # θ0 is not evaluated again, and the whole run then reads all three seeds.
+  c.pipeline.update(dict(seeds=1, first_seed=2))
+  res = Pipeline(c, workdir).run()
+  assert set(_step_ids(workdir)) - set(after) == {"s2/il", "s2/eval_il"}
+  assert set(res["variants"]) == {"il"} and len(per_seed("il")) == 1
+  c.pipeline.update(dict(seeds=3, first_seed=0))
+  res = Pipeline(c, workdir).run()
+  assert len(per_seed("il")) == 3 and len(per_seed("prompt")) == 1
 
 
 def test_workflow_config_change_redoes_step(tmp_path):

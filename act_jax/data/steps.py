@@ -40,10 +40,24 @@ def load_tokenizer(path: str) -> Any:
   return AutoTokenizer.from_pretrained(path)
 
 
+def check_imported_observations(c: ml_collections.ConfigDict) -> None:
+  """Imported expert data records each observation as the env said it, without the
+  `look` / `inventory` text our envs append by default; held-out states and episodes
+  come from the live envs, so they must not append it either, or training and
+  evaluation prompts differ."""
+  if c.pipeline.get("trajectories") and c.env.get("env_kwargs", {}).get(
+      "observe_look_inventory", True):
+    raise ValueError(
+        f"config.pipeline.trajectories={c.pipeline.trajectories!r} is imported data, whose "
+        "observations carry no look/inventory text: set "
+        "config.env.env_kwargs.observe_look_inventory=False so live prompts match it")
+
+
 def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
   """Expert gold paths: the train split for training, the eval splits for held-out states."""
   splits = env_splits(c)
   report = {}
+  check_imported_observations(c)
   if c.pipeline.get("trajectories"):  # the user's expert data (e.g. public ALFWorld SFT sets)
     from act_jax.data.importers import load_trajectories
     trajs = load_trajectories(c.pipeline.trajectories.split(","), format="auto")
