@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from act_jax import stats
+from act_jax import stats, storage
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
@@ -131,9 +131,9 @@ def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
   variants = aggregate(per_seed)
   paired = deltas(per_seed)
   doc = {"variants": variants, "deltas": paired, "order": list(order), **(extra or {})}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
+  with storage.open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(doc, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
+  with storage.open(os.path.join(workdir, "results.md"), "w") as f:
     f.write("# Results\n\nPercentages; mean over seeds with a 95% interval (t over seeds; "
             "with one seed, the run's own interval).\n\n")
     f.write(markdown(variants, order))
@@ -159,7 +159,8 @@ def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str],
   ax.set_ylabel(f"{metric} (%)")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with storage.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
 
 
@@ -180,5 +181,6 @@ def plot_curves(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
     if ax.lines:  # a metric no stage logged gets an empty panel, not a warning
       ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with storage.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import jax
 import ml_dtypes
 import numpy as np
+from etils import epath
 from safetensors import safe_open
 
 from act_jax.hf import keymap
@@ -45,7 +46,7 @@ class CheckpointError(ValueError):
 
 
 def read_config(hf_dir: str | Path) -> dict[str, Any]:
-  path = Path(hf_dir) / "config.json"
+  path = epath.Path(hf_dir) / "config.json"  # a bucket dir too (act_jax.storage)
   if not path.is_file():
     raise CheckpointError(f"{path}: missing (not a Hugging Face model directory?)")
   return json.loads(path.read_text())
