@@ -126,6 +126,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Every config check a pipeline run makes before it writes anything."""
   config_lib.validate(c), variants(c), evaluation.eval_modes(c)
   for field in ("model_dir", "trajectories"):
+    if field in c.pipeline and c.pipeline[field] is None:
+      raise ValueError(f"config.pipeline.{field}: required by this config; pass "
+                       f"--config.pipeline.{field}=PATH (local or gs://)")
     for p in (c.pipeline.get(field) or "").split(","):
       if p and not storage.exists(p):
         raise ValueError(f"config.pipeline.{field}: {p} does not exist")
@@ -412,8 +415,7 @@ class Pipeline:
         src = chain_key(0, CHAINS[v])
         dst = self.path("export", v)
         if not storage.exists(os.path.join(dst, "config.json")):
-          with storage.staged(dst) as local:  # safetensors writes OS files
-            save_pretrained(local, self.params_of(self.path(src)), self.ctx.model_cfg,
-                            tokenizer_dir=self.local("tokenizer"), overwrite=True)
+          save_pretrained(dst, self.params_of(self.path(src)), self.ctx.model_cfg,
+                          tokenizer_dir=self.local("tokenizer"), overwrite=True)
     print(storage.read_text(self.path("results.md")), flush=True)
     return doc

