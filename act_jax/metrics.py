@@ -6,6 +6,7 @@ from metrics.jsonl and has TensorBoard discard them (`purge_step`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -40,8 +41,8 @@ class Writer:
     storage.makedirs(workdir)
     path = os.path.join(workdir, "metrics.jsonl")
     self._jsonl = storage.Appender(path, _rows_upto(path, start_step))
-    from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
-    # gs:// event files go through google-cloud-storage (STORAGE_EMULATOR_HOST honoured).
+    from tensorboardX import SummaryWriter, record_writer  # lazy: only process 0 needs it
+    record_writer.register_writer_factory("gs", _BucketEventsFactory())
     self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
     self._bar = console.Progress(total_steps, desc, initial=start_step)
 
@@ -67,6 +68,33 @@ class Writer:
       self._bar.close()
       self._tb.close()
       self._jsonl.close()
+
+
+class _BucketEvents:
+  """A gs:// TensorBoard events file written through `act_jax.storage` (tensorboardX's
+  own goes through google-cloud-storage, and re-uploads from `__del__` at exit): an
+  object cannot be appended to, so each flush rewrites it whole, and only if changed."""
+
+  def __init__(self, path: str):
+    self.path, self._buf, self._dirty = path, io.BytesIO(), False
+
+  def write(self, data: bytes) -> None:
+    self._buf.write(data)
+    self._dirty = True
+
+  def flush(self) -> None:
+    if self._dirty:
+      storage.write_bytes(self.path, self._buf.getvalue())
+      self._dirty = False
+
+  close = flush
+
+
+class _BucketEventsFactory:
+  open = staticmethod(_BucketEvents)
+
+  def directory_check(self, path: str) -> None:
+    del path  # a bucket has no directories to create
 
 
 def _rows_upto(path: str, step: int) -> str:

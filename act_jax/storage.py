@@ -3,8 +3,8 @@ workdir, a model dir or a data file may be a local path or `gs://bucket/dir` ali
 
 Why `etils.epath`: Orbax already addresses its checkpoints with it, so one path type
 spans checkpoints and our own files; it is pathlib's API (no new vocabulary); without
-TensorFlow its `gs://` backend is fsspec's `gcsfs`, which (like google-cloud-storage,
-which tensorboardX's event writer uses) honours `STORAGE_EMULATOR_HOST`. A bare gcsfs
+TensorFlow its `gs://` backend is fsspec's `gcsfs`, which honours
+`STORAGE_EMULATOR_HOST`; TensorBoard reads `gs://` logdirs through fsspec too. A bare gcsfs
 or google-cloud-storage layer would leave Orbax on a second abstraction; `tf.io.gfile`
 would pull in TensorFlow.
 
@@ -37,7 +37,13 @@ from typing import Any, Iterator
 # so we keep the plain HTTP GCSFileSystem. It must be set before gcsfs is imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import fsspec  # noqa: E402
 from etils import epath  # noqa: E402  (after the gcsfs setting above)
+
+# gcsfs caches directory listings per process by default; another process (a pod's
+# other workers, a resumed run, a reader) then sees a stale listing, e.g. misses the
+# checkpoint steps written since. Runs list rarely: always ask the bucket.
+fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
 
 Path = epath.Path
 
@@ -94,6 +100,11 @@ def write_text(p: str | os.PathLike, text: str) -> None:
   os.replace(tmp, p)
 
 
+def write_bytes(p: str | os.PathLike, data: bytes) -> None:
+  """One object upload on a bucket (atomic); a plain write locally."""
+  epath.Path(p).write_bytes(data)
+
+
 def read_json(p: str | os.PathLike) -> Any:
   return json.loads(read_text(p))
 
@@ -124,7 +135,6 @@ def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 def _fs():
-  import fsspec
   return fsspec.filesystem("gcs")
 
 

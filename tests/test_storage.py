@@ -39,6 +39,30 @@ def test_storage_roundtrip_and_staging(gcs):
   _no_local_gs_dir(os.getcwd())
 
 
+def test_training_in_a_bucket_resumes_there(gcs, capsys):
+  """The train loop with a gs:// workdir: checkpoints, metrics and TensorBoard events
+  land in the bucket, and a longer rerun resumes from there (bitwise equality with an
+  uninterrupted run: the slow kill -9 test below)."""
+  from act_jax import loop
+  from act_jax.train import make_stage
+  from test_checkpoint import tiny_config
+  remote = f"{gcs[0]}/train"
+  config = lambda steps: tiny_config(steps=steps, every=2)
+  loop.run(config(2), remote, make_stage(config(2)))
+  assert checkpoint.complete_steps(f"{remote}/checkpoints") == [2]
+  loop.run(config(4), remote, make_stage(config(4)))
+  out = capsys.readouterr().out
+  assert "resumed from step 2" in out
+  assert checkpoint.complete_steps(f"{remote}/checkpoints") == [2, 4]
+  assert [r["step"] for r in metrics.read_jsonl(f"{remote}/metrics.jsonl")] == [1, 2, 3, 4]
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(f"{remote}/tb")  # a file per run
+  events.Reload()
+  assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+  _no_local_gs_dir(os.getcwd(), ROOT)
+
+
+@pytest.mark.slow  # two micro pipeline runs: ~60 s on 2 busy cores
 def test_pipeline_on_a_bucket_equals_a_local_run(gcs, tmp_path):
   """The same micro run in a bucket and in a local dir: the same results.json, HF
   export and TensorBoard events in the bucket, nothing under a local gs: folder."""
@@ -74,6 +98,7 @@ def _train(env, cwd, workdir, steps=30, every=10):
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow  # three CLI runs: ~65 s on 2 busy cores
 def test_kill9_mid_stage_resumes_from_the_bucket_bitwise(gcs, tmp_path, tmp_path_factory):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
