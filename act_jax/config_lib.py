@@ -8,6 +8,7 @@ checks the GRPO and stage sections when a run starts, naming the field of any er
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from typing import Any, Iterator, Self
@@ -311,6 +312,17 @@ def mesh_axes(c: ml_collections.ConfigDict) -> dict[str, int]:
 def sharding_rules(c: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
   return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
                for name, t in c.sharding_rules)
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+  """Config errors (ValueError naming the field) as absl usage errors: one line, no
+  traceback, exit status 1. Wrap only validation, never a run."""
+  from absl import app
+  try:
+    yield
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def define_flags() -> None:

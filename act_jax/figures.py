@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from act_jax import results
+from act_jax import results, storage
 
 # Kinds of training metric, one panel each: (title, metric keys, which runs, y range).
 # A run "is GRPO" when it logs a reward; its loss is a policy-gradient surrogate (it can
@@ -88,7 +88,13 @@ def _finish(plt: Any, fig: Any, path: str, handles_from: Any, title: str) -> Non
              frameon=False)
   h = fig.get_figheight()
   fig.tight_layout(rect=(0, 0.45 / h, 1, 1 - 0.35 / h))  # room for the legend and title
-  fig.savefig(path, dpi=100)
+  _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str) -> None:
+  """A PNG through the storage layer (a gs:// run directory too)."""
+  with storage.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
 
 
@@ -213,5 +219,4 @@ def plot_curves(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]]) ->
              title="stage (all seeds)", title_fontsize=8)
   fig.suptitle(f"training curves (running mean over {SMOOTH} logged steps)", fontsize=10)
   fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 0.96))
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(plt, fig, path)

@@ -276,6 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
           mgr.save(step, state, batches.get_state(), saved_config, row,
                    {"nonfinite_total": nonfinite_total})
           save_seconds = mgr.last_save_seconds
+          writer.flush()  # a resume from this step finds its rows
         if preempted:
           mgr.close()  # waits until the step is fully written
           log.warning("%s: preempted (SIGTERM); saved step %d", stage.name, step)

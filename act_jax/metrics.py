@@ -6,6 +6,7 @@ from metrics.jsonl and has TensorBoard discard them (`purge_step`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -14,7 +15,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from act_jax import console
+from act_jax import console, storage
 
 
 _BAR_KEYS = ("loss", "reward", "accuracy", "tokens_per_s", "mfu", "nonfinite_total")
@@ -37,11 +38,11 @@ class Writer:
     self._jsonl = self._tb = self._bar = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     path = os.path.join(workdir, "metrics.jsonl")
-    _truncate_after(path, start_step)
-    self._jsonl = open(path, "a")
-    from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
+    self._jsonl = storage.Appender(path, _rows_upto(path, start_step))
+    from tensorboardX import SummaryWriter, record_writer  # lazy: only process 0 needs it
+    record_writer.register_writer_factory("gs", _BucketEventsFactory())
     self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
     self._bar = console.Progress(total_steps, desc, initial=start_step)
 
@@ -50,11 +51,17 @@ class Writer:
     if not self.enabled:
       return row
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **row}) + "\n")
-    self._jsonl.flush()
     for k, v in row.items():
       self._tb.add_scalar(k, v, int(step))
     self._bar.update_to(int(step), {k: v for k, v in row.items() if k in _BAR_KEYS})
     return row
+
+  def flush(self) -> None:
+    """Writes out what a bucket file still holds back (the loop calls it on each
+    checkpoint, so a resumed run finds every row up to its step)."""
+    if self.enabled:
+      self._jsonl.flush(force=True)
+      self._tb.flush()
 
   def close(self) -> None:
     if self.enabled:
@@ -63,19 +70,39 @@ class Writer:
       self._jsonl.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Keeps rows up to `step` (atomically: a kill mid-way leaves the old file)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip()]
-  keep = [l if l.endswith("\n") else l + "\n" for l in lines if _row_step(l) <= step]
-  if keep == lines:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+class _BucketEvents:
+  """A gs:// TensorBoard events file written through `act_jax.storage` (tensorboardX's
+  own goes through google-cloud-storage, and re-uploads from `__del__` at exit): an
+  object cannot be appended to, so each flush rewrites it whole, and only if changed."""
+
+  def __init__(self, path: str):
+    self.path, self._buf, self._dirty = path, io.BytesIO(), False
+
+  def write(self, data: bytes) -> None:
+    self._buf.write(data)
+    self._dirty = True
+
+  def flush(self) -> None:
+    if self._dirty:
+      storage.write_bytes(self.path, self._buf.getvalue())
+      self._dirty = False
+
+  close = flush
+
+
+class _BucketEventsFactory:
+  open = staticmethod(_BucketEvents)
+
+  def directory_check(self, path: str) -> None:
+    del path  # a bucket has no directories to create
+
+
+def _rows_upto(path: str, step: int) -> str:
+  """The file's rows up to `step` (a resumed run rewrites it with these)."""
+  if not storage.exists(path):
+    return ""
+  lines = [l for l in storage.read_text(path).splitlines(keepends=True) if l.strip()]
+  return "".join(l if l.endswith("\n") else l + "\n" for l in lines if _row_step(l) <= step)
 
 
 def _row_step(line: str) -> int:
@@ -86,5 +113,4 @@ def _row_step(line: str) -> int:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+  return [json.loads(l) for l in storage.read_text(path).splitlines() if l.strip()]

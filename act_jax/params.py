@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
-from act_jax import checkpoint, config_lib, hf, sharding
+from act_jax import checkpoint, config_lib, hf, sharding, storage
 from act_jax.hf.tokenizer import copy_tokenizer_files, has_tokenizer
 from act_jax.models import ModelConfig, Params, abstract_params, logical_axes
 
@@ -97,8 +97,8 @@ def load(source: str | Path, mesh: Mesh | None = None, rules: Rules | None = Non
   else:
     cfg = model_config(path, param_dtype=param_dtype, dtype=dtype)
     rules = sharding.DEFAULT_RULES if rules is None else rules
-    if k == HF:
-      params = hf.load_hf_params(path, cfg, shardings(cfg, mesh, rules))
+    if k == HF:  # safetensors opens OS files: a bucket dir is downloaded first
+      params = hf.load_hf_params(storage.local_dir(path), cfg, shardings(cfg, mesh, rules))
     else:
       with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(checkpoint.orbax_path(str(path)) / PARAMS_DIR,
@@ -117,9 +117,9 @@ def tokenizer_dir(source: str | Path) -> epath.Path | None:
 
 
 def save(ckpt_dir: str | Path, params: Params, model_cfg: ModelConfig,
-         tokenizer_dir: str | Path | None = None) -> Path:
+         tokenizer_dir: str | Path | None = None) -> epath.Path:
   """Writes a params checkpoint; every process calls it and writes its own shards."""
-  ckpt_dir = Path(ckpt_dir).absolute()
+  ckpt_dir = storage.path(ckpt_dir)
   if jax.process_index() == 0:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / CONFIG_FILE).write_text(json.dumps(model_cfg.to_dict(), indent=2) + "\n")

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from act_jax import cached_eval, config_lib, evaluation, loop, params as params_lib
-from act_jax import results as results_lib, stages, workflow
+from act_jax import results as results_lib, stages, storage, workflow
 from act_jax.data import branches as branches_lib, builders, controls, replay as replay_lib
 from act_jax.data import early_experience as ee, examples, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
@@ -138,6 +138,18 @@ def variants(c: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Every config check a pipeline run makes before it writes anything."""
+  config_lib.validate(c), variants(c), evaluation.eval_modes(c)
+  for field in ("model_dir", "trajectories"):
+    if field in c.pipeline and c.pipeline[field] is None:
+      raise ValueError(f"config.pipeline.{field}: required by this config; pass "
+                       f"--config.pipeline.{field}=PATH (local or gs://)")
+    for p in (c.pipeline.get(field) or "").split(","):
+      if p and not storage.exists(p):
+        raise ValueError(f"config.pipeline.{field}: {p} does not exist")
+
+
 # --- the run --------------------------------------------------------------------------
 
 
@@ -148,19 +160,26 @@ class Pipeline:
   adds the model's fields, once the tokenizer step has run.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.c, self.dir = config, workdir
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               redo: Sequence[str] = ()):
+    validate(config)  # before anything is written
+    self.c, self.dir, self.redo = config, workdir, set(redo)
+    storage.makedirs(workdir)
     self.steps: dict[str, workflow.Step] = {}
     self._pool: EnvPool | None = None
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.dir, *parts)
 
+  def local(self, step: str, *parts: str) -> str:
+    """A finished data step's files, as a local path (`storage.local_dir`): their
+    readers (TFDS, tokenizers, memory maps) open OS files."""
+    return os.path.join(storage.local_dir(self.path(step)), *parts)
+
   # Shared objects, built when a step first needs them.
   @functools.cached_property
   def tok(self) -> Any:
-    return data_steps.load_tokenizer(self.path("tokenizer"))
+    return data_steps.load_tokenizer(self.local("tokenizer"))
 
   @functools.cached_property
   def full_config(self) -> ml_collections.ConfigDict:
@@ -210,40 +229,40 @@ class Pipeline:
 
   def _run(self) -> dict[str, Any]:
     c = self.c
-    config_lib.validate(c), variants(c), evaluation.eval_modes(c)  # refuse a bad config first
     st = self.steps
-    st["trajectories"] = workflow.run_step(
+    run_step = functools.partial(workflow.run_step, redo=self.redo)
+    st["trajectories"] = run_step(
         "trajectories", self.path("trajectories"), {},
         lambda d: data_steps.make_trajectories(c, d), lambda r: json.dumps(r),
-        config=[c.env.to_dict(), c.pipeline.get("trajectories", "")])
-    st["tokenizer"] = workflow.run_step(
+        config=[c.env.to_dict(), c.pipeline.get("trajectories", "")], staged=True)
+    st["tokenizer"] = run_step(
         "tokenizer", self.path("tokenizer"), {"trajectories": st["trajectories"]},
-        lambda d: data_steps.make_tokenizer(c, d, self.path("trajectories")),
-        config=[c.tokenizer.to_dict(), c.pipeline.model_dir])
-    st["datasets"] = workflow.run_step(
+        lambda d: data_steps.make_tokenizer(c, d, self.local("trajectories")),
+        config=[c.tokenizer.to_dict(), c.pipeline.model_dir], staged=True)
+    st["datasets"] = run_step(
         "datasets", self.path("datasets"),
         {"trajectories": st["trajectories"], "tokenizer": st["tokenizer"]},
-        lambda d: data_steps.make_datasets(c, d, self.path("trajectories"),
-                                           self.path("tokenizer")),
+        lambda d: data_steps.make_datasets(c, d, self.local("trajectories"),
+                                           self.local("tokenizer")),
         lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed,
-                             c.pipeline.model_dir, builders.VERSION])
+                             c.pipeline.model_dir, builders.VERSION], staged=True)
     if set(variants(c)) & {v for v in VARIANTS if set(CHAINS[v]) & set(EARLY_EXPERIENCE)}:
-      st["branches"] = workflow.run_step(
+      st["branches"] = run_step(
           "branches", self.path("branches"),
           {"trajectories": st["trajectories"], "datasets": st["datasets"]},
-          lambda d: data_steps.make_branches(c, d, self.path("trajectories"),
-                                             self.path("datasets"), self.path("tokenizer")),
+          lambda d: data_steps.make_branches(c, d, self.local("trajectories"),
+                                             self.local("datasets"), self.local("tokenizer")),
           lambda r: json.dumps({k: r[k] for k in ("episodes", "failed_replays", "branched_states",
                                                   "states_skipped", "branches", "wall_s")}),
-          config=[c.env.to_dict()])
+          config=[c.env.to_dict()], staged=True)
     base_deps = {"tokenizer": st["tokenizer"]}
     if not c.pipeline.model_dir:  # from scratch: θ0 is a warm-up on random play
-      st["random_play"] = base_deps["random_play"] = workflow.run_step(
+      st["random_play"] = base_deps["random_play"] = run_step(
           "random_play", self.path("random_play"), {"tokenizer": st["tokenizer"]},
-          lambda d: data_steps.make_random_play(c, d, self.path("tokenizer")), lambda s: s,
+          lambda d: data_steps.make_random_play(c, d, self.local("tokenizer")), lambda s: s,
           config=[c.env.to_dict(), c.stages.base.rollouts_per_game, c.seed,
-                  c.prompts.to_dict(), c.data.max_state_tokens])
-    st["base"] = workflow.run_step(
+                  c.prompts.to_dict(), c.data.max_state_tokens], staged=True)
+    st["base"] = run_step(
         "base", self.path("base"), base_deps, self.train_base,
         config=stage_fingerprint(c, "base", c.seed))
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
@@ -261,7 +280,7 @@ class Pipeline:
               deps["random_play"] = st["random_play"]
             if stage in EARLY_EXPERIENCE:
               deps["branches"] = st["branches"]
-            st[key] = workflow.run_step(
+            st[key] = run_step(
                 key, self.path(key), deps,
                 lambda d, stage=stage, prev=prev, seed=seed: self.train_stage(
                     stage, seed, self.path(prev), d),
@@ -269,7 +288,7 @@ class Pipeline:
           prev = key
         ev_key = f"s{seed}/eval_{v}"
         reflect = self._reflection_budget() if v in REFLECTING else 0
-        st[ev_key] = workflow.run_step(
+        st[ev_key] = run_step(
             ev_key, self.path(ev_key), {"model": st[prev], "datasets": st["datasets"]},
             lambda d, prev=prev, reflect=reflect: self.evaluate(self.path(prev), d, reflect),
             lambda r: json.dumps({k: round(v.get("success_rate", v.get("next_action_accuracy", 0)),
@@ -278,8 +297,7 @@ class Pipeline:
             config=[c.eval.to_dict(), c.env.to_dict(), c.reward.to_dict(), c.prompts.to_dict(),
                     c.data.max_state_tokens, self._judgment_budget()]
             + ([{"reflection_tokens": reflect}] if reflect else []))
-        with open(os.path.join(self.path(ev_key), "eval.json")) as f:
-          evals[v][seed] = json.load(f)["splits"]
+        evals[v][seed] = storage.read_json(self.path(ev_key, "eval.json"))["splits"]
     return self.write_results({v: e for v, e in evals.items() if e})
 
   # -- training ---------------------------------------------------------------------
@@ -288,7 +306,7 @@ class Pipeline:
     if c.pipeline.model_dir:
       self._save_params(out, self.params_of(c.pipeline.model_dir))
       return "imported " + c.pipeline.model_dir
-    recs = data_steps.format_records(data_steps.load_random_play(self.path("random_play")),
+    recs = data_steps.format_records(data_steps.load_random_play(self.local("random_play")),
                                      c.stages.base.get("lm_loss", False))
     sc = stage_config(c, "base", c.seed)
     loop.run(sc, out, stages.make("base", sc, train_source=recs, pad_id=self._pad()),
@@ -300,7 +318,7 @@ class Pipeline:
 
   def _save_params(self, out: str, params: Any) -> None:
     """A one-step 'run' holding the params, so every stage dir loads the same way."""
-    params_lib.save(out, params, self.ctx.model_cfg, tokenizer_dir=self.path("tokenizer"))
+    params_lib.save(out, params, self.ctx.model_cfg, tokenizer_dir=self.local("tokenizer"))
 
   def train_stage(self, stage: str, seed: int, init_dir: str, out: str) -> str:
     sc = stage_config(self.full_config, stage, seed)
@@ -309,7 +327,7 @@ class Pipeline:
     if stage in EARLY_EXPERIENCE:
       train = self.early_experience_records(stage, init, out)
     else:
-      train = builders.load_source(self.path("datasets", "train"),
+      train = builders.load_source(self.local("datasets", "train"),
                                    "critic_pairs" if section == "act" else "imitation_pairs")
     if stage in controls.CONTROLS:  # seeded by the dataset seed: one cache for all seeds
       train = controls.CONTROLS[stage]([train[i] for i in range(len(train))], self.c.seed,
@@ -318,7 +336,7 @@ class Pipeline:
       train = examples.both_orders([train[i] for i in range(len(train))], self.tok,
                                    data_steps.prompt_config(self.c))
     # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
-    held = (builders.load_source(self.path("datasets", "id"), "critic_pairs")
+    held = (builders.load_source(self.local("datasets", "id"), "critic_pairs")
             if section == "act" else None)
     answers = (examples.answer_ids(self.tok, data_steps.prompt_config(self.c))
                if section == "act" else None)
@@ -328,7 +346,7 @@ class Pipeline:
     if trainable.frozen_prefix and (section == "il" or sc.grpo.get("estimator") == "expected"):
       train = prefix_cache.attach(
           train, "input_ids" if section == "il" else "prompt_ids", trainable.split(init)[1],
-          self.ctx.model_cfg, self.path("prefix_cache"),
+          self.ctx.model_cfg, self.local("prefix_cache"),
           suffixes=[answers[l] for l in stages.critic.reward_config(sc).letters]
           if section == "act" else None)
     s = stages.make(section, sc, train_source=train, eval_source=held, reference=init,
@@ -349,14 +367,14 @@ class Pipeline:
       raise ValueError("config.stages.<stage>.replay_batch_size: replay needs θ0's "
                        "random-play records, which only a from-scratch run has "
                        "(config.pipeline.model_dir is set)")
-    recs = data_steps.load_random_play(self.path("random_play"), kind="action")
+    recs = data_steps.load_random_play(self.local("random_play"), kind="action")
     return replay_lib.Replay(recs, n, sc.train.replay_weight, seed, self._pad())
 
   def early_experience_records(self, stage: str, init: Any, out: str) -> list[dict[str, Any]]:
     """The ee_iwm / ee_sr stage's records from the branching rollouts. A pretrained θ0
     (`init`: the chain starts at base) writes the SR reflections, kept in
     `out`/reflections.jsonl to read; from scratch the template does."""
-    branches = branches_lib.read_jsonl(self.path("branches", "train.jsonl"))
+    branches = branches_lib.read_jsonl(self.local("branches", "train.jsonl"))
     pcfg = data_steps.prompt_config(self.c)
     if stage == "ee_iwm":
       return ee.world_model_records(branches, self.tok, pcfg)
@@ -367,7 +385,7 @@ class Pipeline:
           self.tok.decode(seq, skip_special_tokens=True) for seq in self.sampler.generate(
               init, ids, sampling=GREEDY, max_new_tokens=budget).sequences()]
     recs = ee.reflection_records(branches, self.tok, pcfg, generate=generate)
-    with open(os.path.join(out, "reflections.jsonl"), "w") as f:
+    with storage.open(os.path.join(out, "reflections.jsonl"), "w") as f:
       for r in recs:
         f.write(json.dumps({k: r[k] for k in ("state_id", "alternative_action", "target")}) + "\n")
     return recs
@@ -388,15 +406,14 @@ class Pipeline:
     params = self.params_of(model_dir)
     if self.c.eval.get("cached"):
       report = cached_eval.evaluate(self.c, params, self.tok, self.ctx.gdef,
-                                    self.ctx.model_cfg, self.path("datasets"),
-                                    self.path("prefix_cache"))
+                                    self.ctx.model_cfg, self.local("datasets"),
+                                    self.local("prefix_cache"))
     else:
       report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
-                                   self.path("trajectories"), self.path("datasets"),
+                                   self.local("trajectories"), self.local("datasets"),
                                    int(self._judgment_budget()), reflection_tokens,
                                    desc=os.path.relpath(out, self.dir))
-    with open(os.path.join(out, "eval.json"), "w") as f:
-      json.dump(report, f, indent=2)
+    storage.write_json(os.path.join(out, "eval.json"), report, indent=2)
     return report["splits"]
 
   def write_results(self, evals: dict[str, dict[int, Any]]) -> dict[str, Any]:
@@ -410,8 +427,8 @@ class Pipeline:
       for v in order:
         src = chain_key(0, CHAINS[v])
         dst = self.path("export", v)
-        if not os.path.exists(os.path.join(dst, "config.json")):
+        if not storage.exists(os.path.join(dst, "config.json")):
           save_pretrained(dst, self.params_of(self.path(src)), self.ctx.model_cfg,
-                          tokenizer_dir=self.path("tokenizer"), overwrite=True)
-    print(open(self.path("results.md")).read(), flush=True)
+                          tokenizer_dir=self.local("tokenizer"), overwrite=True)
+    print(storage.read_text(self.path("results.md")), flush=True)
     return doc

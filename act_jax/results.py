@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from act_jax import stats
+from act_jax import stats, storage
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
@@ -193,14 +193,14 @@ def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
   variants = aggregate(per_seed)
   paired = deltas(per_seed)
   doc = {"variants": variants, "deltas": paired, "order": list(order), **(extra or {})}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
+  with storage.open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(doc, f, indent=2)
   write_markdown(os.path.join(workdir, "results.md"), doc)
   return doc
 
 
 def write_markdown(path: str, doc: Mapping[str, Any]) -> None:
-  with open(path, "w") as f:
+  with storage.open(path, "w") as f:
     f.write("# Results\n\nPercentages; mean over seeds with a 95% interval (t over seeds; "
             "with one seed, the run's own interval). \"—\": not measured (greedy judgment: "
             "the model never gave a parseable answer; it writes actions).\n\n")
@@ -233,15 +233,11 @@ def read_curves(workdir: str) -> dict[str, list[dict[str, Any]]]:
   relative to it, e.g. "s0/il"), or, where there are none, `workdir/curves.json`."""
   from act_jax import metrics  # lazy: jax
   curves = {}
-  for root, dirs, files in sorted(os.walk(workdir)):
-    dirs.sort()
-    if "metrics.jsonl" in files:
-      curves[os.path.relpath(root, workdir)] = metrics.read_jsonl(
-          os.path.join(root, "metrics.jsonl"))
+  for f in sorted(storage.path(workdir).glob("**/metrics.jsonl"), key=str):
+    curves[os.path.relpath(str(f.parent), str(workdir))] = metrics.read_jsonl(str(f))
   saved = os.path.join(workdir, "curves.json")
-  if not curves and os.path.exists(saved):
-    with open(saved) as f:
-      curves = json.load(f)
+  if not curves and storage.exists(saved):
+    curves = storage.read_json(saved)
   return curves
 
 
@@ -250,27 +246,25 @@ def replot(src: str, out: str | None = None) -> list[str]:
   from act_jax import figures
   out = out or src
   path = os.path.join(src, "results.json")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path}: no results.json (the pipeline's results step writes it)")
-  with open(path) as f:
-    doc = json.load(f)
+  doc = storage.read_json(path)
   for key in ("variants", "deltas", "order"):
     if key not in doc:
       raise ValueError(f"{path}: no {key!r} object")
   curves = read_curves(src)
-  os.makedirs(out, exist_ok=True)
+  storage.makedirs(out)
   write_markdown(os.path.join(out, "results.md"), doc)
   written = ["results.md", *draw(out, doc, curves)]
   if os.path.abspath(out) != os.path.abspath(src):
-    with open(os.path.join(out, "results.json"), "w") as f:
-      json.dump(doc, f, indent=2)
+    storage.write_json(os.path.join(out, "results.json"), doc, indent=2)
     written.append("results.json")
     if curves:  # only what the figure draws, so `out` redraws alone
       keys = {"step", *(k for _, ks, _, _ in figures.CURVE_PANELS for k in ks)}
       slim = {run: [{k: v for k, v in r.items() if k in keys} for r in rows]
               for run, rows in curves.items()}
-      with open(os.path.join(out, "curves.json"), "w") as f:
-        json.dump(slim, f, separators=(",", ":"))
+      storage.write_text(os.path.join(out, "curves.json"),
+                         json.dumps(slim, separators=(",", ":")))
       written.append("curves.json")
   return written
 

@@ -4,8 +4,8 @@ Runs one training stage from a config: `config.stage` names it (see `act_jax.sta
 default `pretrain`) and `config.data.kind` its data, which this entry makes itself:
 `synthetic` text (configs/tiny_cpu.py) or the synthetic critic task
 (configs/act_critic_tiny.py, stage `act`). Stages on env datasets get their records
-from the pipeline (`python -m act_jax.main`). Rerunning the same command resumes from
-the latest complete checkpoint in DIR.
+from the pipeline (`python -m act_jax.main`). DIR may be local or `gs://bucket/dir`.
+Rerunning the same command resumes from the latest complete checkpoint in DIR.
 """
 from __future__ import annotations
 
@@ -26,19 +26,23 @@ DATA: dict[str, Callable[[ml_collections.ConfigDict], dict[str, Any]]] = {
 
 def make_stage(config: ml_collections.ConfigDict) -> loop.Stage:
   """The stage `config.stage` names, on the data `config.data.kind` names."""
-  kind = config.data.kind
+  kind = config.get("data", {}).get("kind")
   if kind not in DATA:
     raise ValueError(f"config.data.kind={kind!r}: act_jax.train makes {sorted(DATA)} data; "
-                     "stages on env datasets run through act_jax.main")
+                     "pipeline configs (stages on env datasets, e.g. configs/embedded.py) "
+                     "run with python -m act_jax.main")
   return stages.make(config.get("stage", "pretrain"), config, **DATA[kind](config))
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  config = flags.FLAGS.config
+  with config_lib.usage_errors():  # before anything is written
+    config_lib.validate(config)
+    stage = make_stage(config)
   distributed.initialize()
   loop.setup_process(flags.FLAGS.workdir)
-  config = flags.FLAGS.config
-  loop.run(config, flags.FLAGS.workdir, make_stage(config))
+  loop.run(config, flags.FLAGS.workdir, stage)
 
 
 if __name__ == "__main__":

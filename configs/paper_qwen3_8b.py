@@ -1,14 +1,19 @@
 """The paper's setup: Qwen3-8B, ACT then IL / RL, on a TPU v5p slice.
 
-Trajectories are the public ALFWorld / WebShop / ScienceWorld agent-SFT sets in the
-conversation format (act_jax.data.importers), supplied by the user:
-    python -m act_jax.data.build --trajectories alfworld_sft.json --alternatives policy \
-        --model models/Qwen3-8B --k 4 --out data/alfworld
-    python -m act_jax.main --config configs/paper_qwen3_8b.py --workdir gs://BUCKET/act/qwen3_8b
+The model directory (a Hugging Face Qwen3-8B dir, local or gs://) and the expert
+trajectories (the public ScienceWorld / ALFWorld agent-SFT sets in the conversation
+format, converted once by act_jax.data.importers) come from the command line:
+    python -m act_jax.data.importers sciworld_sft.json --out gs://BUCKET/data/sciworld.jsonl
+    python -m act_jax.main --config configs/paper_qwen3_8b.py --workdir gs://BUCKET/act/qwen3_8b \
+        --config.pipeline.model_dir=gs://BUCKET/models/Qwen3-8B \
+        --config.pipeline.trajectories=gs://BUCKET/data/sciworld.jsonl
+Training trajectories of an evaluation split's episodes are dropped (importers.drop_heldout).
+docs/tpu_pod.md walks through the whole run on a TPU pod.
 Values marked [V] are stated by the paper; [I] are our inference (the paper does not
 publish them) — treat them as starting points.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from act_jax import config_lib
 
@@ -17,8 +22,9 @@ def get_config():
   c = config_lib.base()
   c.pipeline = ml_collections.ConfigDict(dict(
       variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=3, first_seed=0,  # [I]
-      model_dir="models/Qwen3-8B", export=True,  # Qwen3-8B [V]
-      trajectories="data/scienceworld_sft.json"))  # public conversation-format set
+      # Both required: --config.pipeline.model_dir=DIR (Qwen3-8B [V]) and
+      # --config.pipeline.trajectories=FILE (a public conversation-format set).
+      model_dir=placeholder(str), trajectories=placeholder(str), export=True))
   c.env = ml_collections.ConfigDict(dict(
       name="scienceworld", games=[], train_per_game=10, heldout_per_game=3, max_steps=50,
       pool_size=16,

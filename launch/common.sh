@@ -86,7 +86,8 @@ options_usage() {
                           gs://BUCKET/act_jax/runs/RUN_NAME when BUCKET is set
   --bucket B              [BUCKET] GCS bucket (name or gs://name)
   --run-name R            [RUN_NAME] default: the config's file name
-  --entry train|main      [ENTRY] act_jax.train (default) or act_jax.main
+  --entry main|train      [ENTRY] act_jax.main, the ACT pipeline (default), or
+                          act_jax.train, one stage (e.g. configs/tiny_cpu.py)
   --env K=V               export K=V for the run (repeatable)
   --dry-run               [DRY_RUN=1] print each command as "+ CMD", run nothing
 EOF
@@ -159,7 +160,7 @@ flag_of() {
 
 # need_config: REST starts with a CONFIG.
 need_config() {
-  ((${#REST[@]})) || { usage >&2; die "a CONFIG is required (e.g. configs/act_qwen.py)"; }
+  ((${#REST[@]})) || { usage >&2; die "a CONFIG is required (e.g. configs/paper_qwen3_8b.py)"; }
 }
 
 # run_defaults: default RUN_NAME from the CONFIG in REST and WORKDIR to the
@@ -176,7 +177,7 @@ run_defaults() {
 # PYTHON -m MODULE --config CONFIG --workdir WORKDIR ARGS..., REST = CONFIG ARGS...
 train_command() {
   local module
-  module=$(entry_module "${ENTRY:-train}")
+  module=$(entry_module "${ENTRY:-main}")
   # shellcheck disable=SC2034  # TRAIN is for the launcher that sources this
   TRAIN=("$1" -m "$module" --config "${REST[0]}" --workdir "$WORKDIR" "${REST[@]:1}")
 }
@@ -186,7 +187,7 @@ entry_module() {
   case $1 in
     train) printf 'act_jax.train' ;;
     main) printf 'act_jax.main' ;;
-    *) die "ENTRY must be train or main, got '$1'" ;;
+    *) die "ENTRY must be main or train, got '$1'" ;;
   esac
 }
 

@@ -27,7 +27,8 @@ subcommands (variables each one requires):
   create   create the TPU VM; a queued resource unless --direct
            (PROJECT ZONE TPU_NAME ACCELERATOR_TYPE); `-- FLAGS...` go to gcloud
   setup    copy this checkout (or --git clone) to every worker and install the
-           requirements into a venv there (PROJECT ZONE TPU_NAME)
+           package (pip install -e ".[tpu]") into a venv there
+           (PROJECT ZONE TPU_NAME)
   run      start CONFIG on every worker with the same command, then follow
            worker 0's log (PROJECT ZONE TPU_NAME, BUCKET or --workdir gs://...).
            Everything after CONFIG (e.g. --config.x=y) is passed verbatim;
@@ -169,24 +170,22 @@ git -C $code checkout --force --detach \"\$r\""
       --project="$PROJECT" --zone="$ZONE" --worker=all
     fetch="rm -rf $code && mkdir -p $code && tar -xzf ~/act_jax_src.tgz -C $code"
   fi
-  # uv brings its own Python where the image's is too old for the pinned jax;
-  # jax[tpu] is pinned to the jax version the requirements chose.
+  # uv brings its own Python where the image's is too old for the pinned jax.
+  # The package (pyproject.toml) installs the pins of requirements.txt, and its
+  # extra (JAX_EXTRA, default tpu) jax[tpu] at the same jax version.
   local install
   install="set -e; $fetch; cd $code; \
 if ! [ -x ~/.local/bin/uv ]; then python3 -m pip install --user -q uv || \
 python3 -m pip install --user -q --break-system-packages uv; fi; \
 ~/.local/bin/uv venv --allow-existing --python $(shquote "$py") $venv; \
-if [ -f requirements.txt ]; then ~/.local/bin/uv pip install --python $venv/bin/python -r requirements.txt; \
-else ~/.local/bin/uv pip install --python $venv/bin/python -e .; fi; \
-~/.local/bin/uv pip install --python $venv/bin/python \
-\"jax[${JAX_EXTRA:-tpu}]==\$($venv/bin/python -c 'import jax; print(jax.__version__)')\"; \
+~/.local/bin/uv pip install --python $venv/bin/python -e $(shquote ".[${JAX_EXTRA:-tpu}]"); \
 echo \"\$(hostname): ready, jax \$($venv/bin/python -c 'import jax; print(jax.__version__)')\""
   gssh all "$install"
 }
 
 cmd_run() {
   require run PROJECT ZONE TPU_NAME
-  ((${#REST[@]})) || die "run needs a CONFIG (e.g. configs/act_qwen.py)"
+  ((${#REST[@]})) || die "run needs a CONFIG (e.g. configs/paper_qwen3_8b.py)"
   run_defaults ||
     die "run needs BUCKET: not set. Set BUCKET (env BUCKET or --bucket) or pass --workdir gs://..."
   check_run_name "$RUN_NAME"

@@ -97,7 +97,7 @@ def _command_flag(argv):
 
 
 def _tpu_expected(run_name="act"):
-  return ["python", "-m", "act_jax.train", "--config", "configs/act.py",
+  return ["python", "-m", "act_jax.main", "--config", "configs/act.py",
           "--workdir", f"gs://act-bkt/act_jax/runs/{run_name}", *OVERRIDES]
 
 
@@ -121,7 +121,7 @@ def test_tpu_pod_dry_run_one_identical_command_for_all_workers(tmp_path):
   assert _remote_training_command(_command_flag(start)) == _tpu_expected()
   # The command is started once per worker by that one ssh, nowhere else.
   others = [c for c in cmds if c is not start]
-  assert all("act_jax.train" not in " ".join(c) for c in others)
+  assert all("act_jax.main" not in " ".join(c) for c in others)
   assert [c for c in others if "--worker=0" in c], "log is followed"
   assert "gs://act-bkt/act_jax/runs/act" in r.stderr
   assert _records(log) == [], "a dry run runs nothing"
@@ -130,14 +130,14 @@ def test_tpu_pod_dry_run_one_identical_command_for_all_workers(tmp_path):
 def test_tpu_flags_override_env_and_run_name_sets_workdir(tmp_path):
   env = _env(tmp_path, **{**TPU_ENV, "PROJECT": "from-env"})
   r = _run([TPU, "run", "--project=from-flag", "--run-name", "exp1", "--entry",
-            "main", "--detach", "--env", "WANDB_MODE=offline", "--dry-run",
+            "train", "--detach", "--env", "WANDB_MODE=offline", "--dry-run",
             "configs/act.py", "--config.x=1"], env)
   assert r.returncode == 0, r.stderr
   (start,) = _plus_lines(r.stdout)  # --detach: no log following
   assert "--project=from-flag" in start
   remote = _command_flag(start)
   assert _remote_training_command(remote) == [
-    "python", "-m", "act_jax.main", "--config", "configs/act.py", "--workdir",
+    "python", "-m", "act_jax.train", "--config", "configs/act.py", "--workdir",
     "gs://act-bkt/act_jax/runs/exp1", "--config.x=1"]
   assert "export WANDB_MODE=offline;" in remote
 
@@ -179,6 +179,8 @@ def test_tpu_run_rejects_flags_before_config_and_needs_config(tmp_path):
   assert r.returncode != 0 and "--config.x=1" in r.stderr
   r = _run([TPU, "run", "--dry-run"], env)
   assert r.returncode != 0 and "CONFIG" in r.stderr
+  named = [w.strip("()") for w in r.stderr.split() if w.strip("()").startswith("configs/")]
+  assert named and all((ROOT / n).is_file() for n in named), named  # configs that exist
 
 
 @pytest.mark.parametrize("accel,expect_accel,runtime", [
@@ -299,7 +301,7 @@ def test_tpu_run_delivers_argv_intact_to_every_worker(tmp_path):
   expected = _tpu_expected()[3:] + [NEWLINE]
   for out in outs:
     got = json.loads(out.read_text())
-    assert got["argv"] == ["-m", "act_jax.train", *expected]
+    assert got["argv"] == ["-m", "act_jax.main", *expected]
     assert got["cwd"] == str(out.parent / "act_jax")
     assert got["env"]["WANDB_MODE"] == "offline"
   calls = [c["argv"] for c in _records(log)]
@@ -379,10 +381,8 @@ def _toy_checkout(tmp_path, requirements):
   return repo
 
 
-@pytest.mark.parametrize("requirements", [True, False])
-def test_tpu_setup_ships_checkout_and_installs_on_every_worker(tmp_path,
-                                                                requirements):
-  repo = _toy_checkout(tmp_path, requirements)
+def test_tpu_setup_ships_checkout_and_installs_the_package_on_every_worker(tmp_path):
+  repo = _toy_checkout(tmp_path, requirements=True)
   root, env, log = _fake_pod(tmp_path, workers=2)
   for i in range(2):
     _stub(root / f"worker{i}" / ".local" / "bin" / "uv", FAKE_UV)
@@ -391,7 +391,6 @@ def test_tpu_setup_ships_checkout_and_installs_on_every_worker(tmp_path,
   calls = [c["argv"] for c in _records(log)]
   assert [c[3] for c in calls] == ["scp", "ssh"]
   assert all("--worker=all" in c for c in calls)
-  want = ["-r", "requirements.txt"] if requirements else ["-e", "."]
   for i in range(2):
     code = root / f"worker{i}" / "act_jax"
     assert (code / "launch" / "tpu_vm.sh").exists()
@@ -401,8 +400,8 @@ def test_tpu_setup_ships_checkout_and_installs_on_every_worker(tmp_path,
     assert not (code / ".venv-bench").exists(), "local venvs stay home"
     uv = [json.loads(l) for l in (code.parent / "uv.log").read_text().splitlines()]
     assert uv[0][0] == "venv" and "3.11" in uv[0]
-    assert uv[1][:2] == ["pip", "install"] and uv[1][-2:] == want
-    assert uv[2][-1] == "jax[tpu]==0.10.2"
+    assert uv[1][:2] == ["pip", "install"] and uv[1][-2:] == ["-e", ".[tpu]"]
+    assert len(uv) == 2  # the package's tpu extra brings jax[tpu]
   assert r.stdout.count("ready, jax 0.10.2") == 2
 
 
@@ -424,7 +423,7 @@ def test_tpu_setup_dry_run_git(tmp_path):
 
 
 def _slurm_expected(python="python"):
-  return [python, "-m", "act_jax.train", "--config", "configs/act.py",
+  return [python, "-m", "act_jax.main", "--config", "configs/act.py",
           "--workdir", "/shared/runs/act", *OVERRIDES]
 
 
@@ -551,7 +550,7 @@ def test_slurm_job_runs_same_argv_on_each_node(tmp_path):
   assert "2 processes, coordinator gpu-017:9999" in job.stdout
   got = [json.loads((ranks / f"{i}.json").read_text()) for i in range(2)]
   for rank, g in enumerate(got):
-    assert g["argv"] == ["-m", "act_jax.train", "--config", "configs/act.py",
+    assert g["argv"] == ["-m", "act_jax.main", "--config", "configs/act.py",
                          "--workdir", "/shared/runs/act", *overrides]
     assert g["cwd"] == str(ROOT)
     assert g["env"]["ACT_PROCESS_ID"] == str(rank)
@@ -623,7 +622,7 @@ def test_gpu_host_runs_once_with_flags_and_no_stale_coordinator(tmp_path):
             str(tmp_path / "out" / "run.log"), "configs/act.py", *overrides], env)
   assert r.returncode == 0, r.stderr
   got = json.loads((tmp_path / "home" / "argv.json").read_text())
-  assert got["argv"] == ["-m", "act_jax.train", "--config", "configs/act.py",
+  assert got["argv"] == ["-m", "act_jax.main", "--config", "configs/act.py",
                          "--workdir", "gs://bkt/act_jax/runs/act", *overrides]
   assert "training step 1" in (tmp_path / "out" / "run.log").read_text()
   # The fake python saw no coordinator: env -u cleared the stale one.
@@ -640,7 +639,7 @@ def test_gpu_host_dry_run_and_required_workdir(tmp_path):
   assert r.returncode == 0, r.stderr
   (cmd,) = _plus_lines(r.stdout)
   i = cmd.index("python")
-  assert cmd[i:] == ["python", "-m", "act_jax.train", "--config",
+  assert cmd[i:] == ["python", "-m", "act_jax.main", "--config",
                      "configs/act.py", "--workdir", "/w", *OVERRIDES]
   r = _run([GPU, "configs/act.py"], _env(tmp_path))
   assert r.returncode != 0 and "WORKDIR" in r.stderr and r.stdout == ""

@@ -1,5 +1,10 @@
 """Reads expert trajectories into the project schema (`trajectory.Trajectory`).
 
+    python -m act_jax.data.importers sciworld_sft.json [more.json] --out FILE.jsonl
+
+converts public conversation-format sets to our JSONL (FILE may be gs://), printing
+what was dropped; the pipeline reads it with --config.pipeline.trajectories=FILE.
+
 Two inputs: our own JSONL schema, and the conversation format public agent-SFT
 sets use for ALFWorld, WebShop and ScienceWorld (AgentInstruct, AgentTraj, ETO):
 `{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}` or
@@ -16,7 +21,7 @@ import os
 import re
 from typing import Any, Iterator, Literal, Sequence
 
-from act_jax import parsing
+from act_jax import parsing, storage
 from act_jax.data.report import DropLog
 from act_jax.data.trajectory import Step, Trajectory
 
@@ -53,8 +58,7 @@ class ConversationFormat:
 
 def iter_records(path: str) -> Iterator[tuple[str, Any]]:
   """Yields (where, record) from a JSONL file or a JSON array; where = file:line."""
-  with open(path) as f:
-    text = f.read()
+  text = storage.read_text(path)  # local or gs://
   if text.lstrip().startswith("["):
     try:
       records = json.loads(text)
@@ -250,3 +254,60 @@ def conversation_to_trajectory(rec: Any, conv: ConversationFormat = Conversation
   success = meta.get("success", True)
   return Trajectory(task=task.strip(), steps=steps, instruction=instruction,
                     success=bool(success), source=source, meta=meta)
+
+
+# --- Keeping evaluation episodes out of imported training data ----------------
+
+
+def _norm(text: str) -> str:
+  return " ".join(text.lower().split())
+
+
+def _variation(t: Trajectory) -> tuple[str, str] | None:
+  """(task type, variation) when a trajectory says which episode it is: our own
+  expert data (`meta.game`/`meta.seed`) or an import carrying those fields."""
+  m = t.meta
+  game = m.get("game", m.get("task_name"))
+  var = m.get("seed", m.get("variation", m.get("variation_idx")))
+  return (str(game), str(var)) if game is not None and var is not None else None
+
+
+def drop_heldout(train: Sequence[Trajectory], heldout: Sequence[Trajectory]
+                 ) -> tuple[list[Trajectory], list[Trajectory]]:
+  """(kept, dropped): imported training trajectories minus every one that may be an
+  evaluation episode. A trajectory is dropped when its task text is that of a
+  held-out one, unless both name their (task, variation) and these differ (many
+  ScienceWorld tasks read the same in every variation); or when it names a held-out
+  (task, variation). When in doubt it is dropped: an evaluation episode trained on
+  would inflate every result."""
+  by_task: dict[str, set[tuple[str, str] | None]] = {}
+  for t in heldout:
+    by_task.setdefault(_norm(t.task), set()).add(_variation(t))
+  held_vars = {_variation(t) for t in heldout} - {None}
+  kept, dropped = [], []
+  for t in train:
+    var = _variation(t)
+    same_task = by_task.get(_norm(t.task))
+    clash = (var in held_vars or
+             (same_task is not None and (var is None or None in same_task or var in same_task)))
+    (dropped if clash else kept).append(t)
+  return kept, dropped
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The conversion CLI (see the module docstring)."""
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m act_jax.data.importers",
+                              description="Convert expert trajectories to act_jax JSONL.")
+  p.add_argument("inputs", nargs="+", help="JSON / JSONL files (local or gs://)")
+  p.add_argument("--out", required=True, help="output JSONL (local or gs://)")
+  args = p.parse_args(argv)
+  drops = DropLog()
+  trajs = load_trajectories(args.inputs, drops=drops, errors="skip")
+  storage.write_text(args.out, "".join(t.to_json() + "\n" for t in trajs))
+  print(f"{args.out}: {len(trajs)} trajectories, {sum(len(t.steps) for t in trajs)} steps; "
+        f"dropped:\n{drops.summary()}")
+
+
+if __name__ == "__main__":
+  main()

@@ -58,12 +58,10 @@ def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
   splits = env_splits(c)
   report = {}
   check_imported_observations(c)
-  if c.pipeline.get("trajectories"):  # the user's expert data (e.g. public ALFWorld SFT sets)
-    from act_jax.data.importers import load_trajectories
-    trajs = load_trajectories(c.pipeline.trajectories.split(","), format="auto")
-    write_jsonl(os.path.join(out, "train.jsonl"), trajs)
-    report["train"] = {"trajectories": len(trajs), "source": c.pipeline.trajectories}
+  imported = c.pipeline.get("trajectories")  # the user's expert data (public SFT sets)
+  if imported:
     splits = {k: v for k, v in splits.items() if k != "train"}
+  heldout = []
   with make_pool(c) as pool:
     for name, spec in splits.items():
       n = c.env.train_per_game if name == "train" else c.env.heldout_per_game
@@ -71,6 +69,14 @@ def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
       write_jsonl(os.path.join(out, f"{name}.jsonl"), trajs)
       write_jsonl(os.path.join(out, f"{name}.failures.jsonl"), failures)
       report[name] = {"trajectories": len(trajs), "failed_replays": len(failures)}
+      heldout += trajs + failures
+  if imported:  # never train on an episode an evaluation split holds
+    from act_jax.data.importers import drop_heldout, load_trajectories
+    trajs, dropped = drop_heldout(load_trajectories(imported.split(","), format="auto"),
+                                  heldout)
+    write_jsonl(os.path.join(out, "train.jsonl"), trajs)
+    report["train"] = {"trajectories": len(trajs), "source": imported,
+                       "dropped_as_heldout": len(dropped)}
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   return report

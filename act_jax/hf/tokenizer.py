@@ -1,9 +1,10 @@
 """Tokenizer files travel with the weights; only data files, never code or pickles."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 # Files AutoTokenizer reads (plus the sampling defaults), all plain data.
 TOKENIZER_FILES = (
@@ -15,17 +16,17 @@ TOKENIZER_FILES = (
 
 def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
   """Copies the tokenizer files present in `src` to `dst`; returns their names."""
-  src, dst = Path(src), Path(dst)
+  src, dst = epath.Path(src), epath.Path(dst)  # either may be on a bucket
   names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
   if names:
     dst.mkdir(parents=True, exist_ok=True)
   for n in names:
-    shutil.copyfile(src / n, dst / n)
+    (dst / n).write_bytes((src / n).read_bytes())
   return names
 
 
 def has_tokenizer(path: str | Path) -> bool:
-  path = Path(path)
+  path = epath.Path(path)
   return any((path / n).is_file() for n in TOKENIZER_FILES if n != "generation_config.json")
 
 

@@ -21,8 +21,10 @@ from typing import Any, Callable, Iterable
 import jax
 import ml_dtypes
 import numpy as np
+from etils import epath
 from safetensors import safe_open
 
+from act_jax import storage
 from act_jax.hf import keymap
 from act_jax.hf.config import generation_config, hf_config_from_model
 from act_jax.hf.tokenizer import copy_tokenizer_files
@@ -45,7 +47,7 @@ class CheckpointError(ValueError):
 
 
 def read_config(hf_dir: str | Path) -> dict[str, Any]:
-  path = Path(hf_dir) / "config.json"
+  path = epath.Path(hf_dir) / "config.json"  # a bucket dir too (act_jax.storage)
   if not path.is_file():
     raise CheckpointError(f"{path}: missing (not a Hugging Face model directory?)")
   return json.loads(path.read_text())
@@ -319,15 +321,20 @@ def save_pretrained(out_dir: str | Path, params: Params, cfg: ModelConfig, *,
     dtype: safetensors dtype (float32, bfloat16, float16); default: `cfg.param_dtype`.
     max_shard_size: bytes per safetensors file, or '5GB'-style.
   """
-  out_dir = Path(out_dir)
   dtype = dtype or cfg.param_dtype
   if dtype not in NP_DTYPES:
     raise ValueError(f"dtype: {dtype!r} is not one of {tuple(NP_DTYPES)}")
   hf_config = hf_config_from_model(cfg, torch_dtype=dtype)  # refuses before writing anything
-  old = sorted(out_dir.glob("model*.safetensors*"))
+  old = sorted(epath.Path(out_dir).glob("model*.safetensors*"))
   if old and not overwrite:
     raise FileExistsError(f"{out_dir}: already holds {old[0].name}; pass overwrite=True "
                           "(--overwrite) to replace it")
+  if storage.is_remote(out_dir):  # safetensors writes OS files: write locally, upload
+    with storage.staged(out_dir) as local:
+      save_pretrained(local, params, cfg, tokenizer_dir=tokenizer_dir, dtype=dtype,
+                      max_shard_size=max_shard_size, overwrite=True)
+    return epath.Path(out_dir)
+  out_dir = Path(out_dir)
   writer = jax.process_index() == 0
   if writer:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +346,7 @@ def save_pretrained(out_dir: str | Path, params: Params, cfg: ModelConfig, *,
     base = None
     if tokenizer_dir is not None:
       copy_tokenizer_files(tokenizer_dir, out_dir)
-      gen = Path(tokenizer_dir) / "generation_config.json"
+      gen = epath.Path(tokenizer_dir) / "generation_config.json"
       base = json.loads(gen.read_text()) if gen.is_file() else None
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     (out_dir / "generation_config.json").write_text(
