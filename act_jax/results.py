@@ -233,7 +233,9 @@ def read_curves(workdir: str) -> dict[str, list[dict[str, Any]]]:
   relative to it, e.g. "s0/il"), or, where there are none, `workdir/curves.json`."""
   from act_jax import metrics  # lazy: jax
   curves = {}
-  for f in sorted(storage.path(workdir).glob("**/metrics.jsonl"), key=str):
+  root = storage.path(workdir)  # stage dirs: "base", "s0/il" (no recursive glob on GCS)
+  found = [*root.glob("*/metrics.jsonl"), *root.glob("*/*/metrics.jsonl")]
+  for f in sorted(found, key=str):
     curves[os.path.relpath(str(f.parent), str(workdir))] = metrics.read_jsonl(str(f))
   saved = os.path.join(workdir, "curves.json")
   if not curves and storage.exists(saved):

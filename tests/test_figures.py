@@ -36,7 +36,7 @@ def figures_of(monkeypatch):
   original = matplotlib.figure.Figure.savefig
 
   def savefig(self, path, *args, **kwargs):
-    saved[os.path.basename(str(path))] = self
+    saved[os.path.basename(str(getattr(path, "name", path)))] = self  # a path or a file
     return original(self, path, *args, **kwargs)
   monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
   return saved
