@@ -114,7 +114,7 @@ def test_pipeline_steps_are_fingerprinted_by_stage_fingerprint(tmp_path, monkeyp
   class Stop(Exception):
     pass
 
-  def run_step(name, directory, deps, fn, summary=None, config=None):
+  def run_step(name, directory, deps, fn, summary=None, config=None, **kwargs):
     if "eval" in name:
       raise Stop  # past the first variant's training steps
     seen[name] = config
