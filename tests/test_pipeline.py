@@ -111,7 +111,8 @@ def test_more_seeds_train_only_the_new_seeds_and_evaluate_theta0_once(finished_r
 
 def test_workflow_config_change_redoes_step(tmp_path):
   calls = []
-  run = lambda cfg: workflow.run_step("a", str(tmp_path / "a"), {}, calls.append, config=cfg)
+  run = lambda cfg: workflow.run_step("a", str(tmp_path / "a"), {}, calls.append, config=cfg,
+                                      redo=("a",))
   a1 = run({"lr": 1}).id
   assert run({"lr": 1}).id == a1 and len(calls) == 1
   b1 = workflow.run_step("b", str(tmp_path / "b"), {"a": workflow.Step("a", str(tmp_path / "a"))},
