@@ -45,7 +45,6 @@ from etils import epath  # noqa: E402  (after the gcsfs setting above)
 # checkpoint steps written since. Runs list rarely: always ask the bucket.
 fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
 
-Path = epath.Path
 
 
 def configure_emulator() -> None:
