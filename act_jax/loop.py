@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import jax
 import ml_collections
@@ -98,9 +98,12 @@ def setup_process(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def build_context(config: ml_collections.ConfigDict) -> Context:
+def build_context(config: ml_collections.ConfigDict,
+                  devices: Sequence[jax.Device] | None = None) -> Context:
+  """`devices`: default all of this run's; an ahead-of-time compile passes a TPU
+  topology's (`act_jax.aot`)."""
   model_cfg = config_lib.model_config(config)
-  mesh = sharding.make_mesh(config_lib.mesh_axes(config))
+  mesh = sharding.make_mesh(config_lib.mesh_axes(config), devices)
   sharding.check_model_fits(model_cfg, mesh)
   pshard = params_lib.shardings(model_cfg, mesh, config_lib.sharding_rules(config))
   return Context(model_cfg, mesh, models.graphdef(model_cfg), pshard)

@@ -61,11 +61,15 @@ def mesh_shape(axes: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh with GSPMD (Auto) axes over all (or the given) devices."""
+  """A mesh with GSPMD (Auto) axes over all (or the given) devices.
+
+  All devices, or TPU devices (a slice, or an ahead-of-time compile's topology), are
+  laid out by `jax.make_mesh`, which orders TPU chips by their ICI coordinates; a
+  subset of other devices keeps the given order."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(axes, len(devices))
-  if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  if devices == list(jax.devices()) or devices[0].platform == "tpu":
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
               axis_types=(AxisType.Auto,) * 3)
 
