@@ -68,6 +68,9 @@ HELPFUL_FIELDS = ("mesh.fsdp / mesh.tensor (split params, moments and activation
 def topology(name: str) -> Any:
   """The `TopologyDescription` of a TPU slice such as 'v5e:2x2' or 'v5p:2x2x2'."""
   from jax.experimental import topologies
+  # A compile-only client touches no chip: it need not hold libtpu's one-process
+  # lock (which any jax process started without JAX_PLATFORMS may be holding).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     return topologies.get_topology_desc(topology_name=name, platform="tpu")
   except Exception as e:  # libtpu's errors carry no hint of the cause
@@ -160,7 +163,12 @@ def compile_program(fn: Callable, args: Sequence[Any], *, name: str = "program",
       fn, in_shardings=in_shardings, out_shardings=out_shardings,
       donate_argnums=tuple(donate_argnums), static_argnames=tuple(static_argnames))
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args, **(kwargs or {})).compile()
+  try:
+    compiled = jitted.lower(*args, **(kwargs or {})).compile()
+  except jax.errors.JaxRuntimeError as e:  # XLA refuses temporaries beyond HBM itself
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise DoesNotFit(compile_fit_error(name, str(e), args)) from None
   devices = {d for leaf in jax.tree.leaves(args) if hasattr(leaf, "sharding")
              and leaf.sharding is not None for d in leaf.sharding.device_set}
   return Program(name, compiled, time.perf_counter() - t0, analytic_flops, analytic,
@@ -185,8 +193,8 @@ def memory(compiled: Any) -> dict[str, int]:
 
 
 def device_kind(compiled: Any) -> str:
-  return next(iter(compiled.input_shardings[0][0].device_set)).device_kind if jax.tree.leaves(
-      compiled.input_shardings) else "?"
+  leaves = jax.tree.leaves(compiled.input_shardings)
+  return next(iter(leaves[0].device_set)).device_kind if leaves else "?"
 
 
 def report(p: Program, chip: chips.Chip) -> dict[str, Any]:
@@ -231,6 +239,21 @@ def fit_error(row: dict[str, Any]) -> str:
           f"aliased {m['aliased'] / 2**30:.2f}, temp {m['temp'] / 2**30:.2f} GiB). "
           f"Largest buffers: {buffers}. Config fields that help: "
           + "; ".join(HELPFUL_FIELDS))
+
+
+def compile_fit_error(name: str, xla_error: str, args: Sequence[Any]) -> str:
+  """The refusal when XLA itself finds no room: its words, and the largest arguments."""
+  sizes = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(args):
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is not None:
+      shard = leaf.sharding.shard_shape(leaf.shape)
+      sizes.append((f"argument {jax.tree_util.keystr(path)} {leaf.dtype}{list(shard)}",
+                    math.prod(shard) * leaf.dtype.itemsize))
+  top = sorted(sizes, key=lambda kv: -kv[1])[:3]
+  first = xla_error.strip().splitlines()[0]
+  return (f"program {name} does not fit: XLA: {first}. Largest buffers (per-chip "
+          f"arguments): " + "; ".join(f"{w}: {b / 2**30:.2f} GiB" for w, b in top)
+          + ". Config fields that help: " + "; ".join(HELPFUL_FIELDS))
 
 
 def check_fits(compiled: Any, name: str) -> dict[str, Any] | None:

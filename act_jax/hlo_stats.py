@@ -10,9 +10,12 @@ collectives are counted with it. Pure text in, numbers out, so tests can feed HL
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Iterator
+
+import numpy as np
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
                "collective-permute")
@@ -77,8 +80,10 @@ def _split_operands(rest: str) -> tuple[str, str]:
   return rest, ""
 
 
+@functools.lru_cache(maxsize=8)
 def parse(hlo: str) -> list[Computation]:
-  """The computations of an HLO module's text, in textual order (callees first)."""
+  """The computations of an HLO module's text, in textual order (callees first).
+  Cached: a report asks several questions of one text (do not mutate the result)."""
   comps: list[Computation] = []
   cur = None
   for line in hlo.splitlines():
@@ -154,29 +159,57 @@ def _dims(attrs: str, key: str) -> list[int]:
   return [int(d) for d in m.group(1).split(",") if d] if m else []
 
 
-def matmul_flops(ins: Instr, shapes: dict[str, list[Array]]) -> float:
-  """2 x output elements x contracted size, for one `dot` or `convolution`.
+def _window_taps(in_size: int, out_size: int, size: int, stride: int, lo: int,
+                 lhs_dilate: int, rhs_dilate: int) -> int:
+  """Kernel taps of one spatial dimension that land on a real input element, summed
+  over its outputs: padding and lhs dilation (holes) contribute nothing."""
+  o = np.arange(out_size)[:, None]
+  k = np.arange(size)[None, :]
+  pos = o * stride + k * rhs_dilate - lo
+  real = (pos >= 0) & (pos <= (in_size - 1) * lhs_dilate) & (pos % lhs_dilate == 0)
+  return int(real.sum())
 
-  A convolution's contracted size is its kernel's size over its output features;
-  a window with lhs dilation equal to its size (how the TPU compiler writes a batched
-  matmul as a convolution) touches one input per window, so it is divided out."""
-  out = math.prod(ins.out[0].shape) if ins.out else 0
-  operand = lambda i: (shapes.get(ins.operands[i]) or [None])[0] if len(ins.operands) > i else None
-  if ins.opcode == "dot":
-    lhs = operand(0)
-    if lhs is None:
-      return 0.0
-    return 2.0 * out * math.prod(lhs.shape[d] for d in _dims(ins.attrs, "lhs_contracting_dims"))
-  rhs = operand(1)
-  labels = re.search(r"dim_labels=\w+_(\w+)->", ins.attrs)
-  if rhs is None or not labels or len(labels.group(1)) != len(rhs.shape):
+
+def _window(attrs: str, n: int) -> dict[str, list[int]]:
+  w = re.search(r"window=\{([^}]*)\}", attrs)
+  fields = dict(f.split("=", 1) for f in w.group(1).split()) if w else {}
+  ints = lambda key, default: ([int(v) for v in fields[key].split("x")] if key in fields
+                               else [default] * n)
+  pads = ([[int(v) for v in p.split("_")] for p in fields["pad"].split("x")]
+          if "pad" in fields else [[0, 0]] * n)
+  return {"size": ints("size", 1), "stride": ints("stride", 1), "lo": [p[0] for p in pads],
+          "lhs_dilate": ints("lhs_dilate", 1), "rhs_dilate": ints("rhs_dilate", 1)}
+
+
+def matmul_flops(ins: Instr, shapes: dict[str, list[Array]]) -> float:
+  """2 x multiply-adds of one `dot` or `convolution` (the TPU compiler writes most
+  matmuls as convolutions: batch dimensions as windows, transposes as padding).
+
+  A convolution does 2 x (output batch x output features x input features per
+  group) x (kernel taps on real input, summed over each spatial dimension's outputs).
+  """
+  operand = lambda i: ((shapes.get(ins.operands[i]) or [None])[0]
+                       if len(ins.operands) > i else None)
+  lhs, rhs = operand(0), operand(1)
+  if lhs is None or not ins.out:
     return 0.0
-  o = rhs.shape[labels.group(1).index("o")]
-  dilate = re.search(r"lhs_dilate=([\dx]+)", ins.attrs)
-  per_out = math.prod(rhs.shape) / max(o, 1)
-  if dilate:
-    per_out /= math.prod(int(d) for d in dilate.group(1).split("x"))
-  return 2.0 * out * per_out
+  if ins.opcode == "dot":
+    contracted = math.prod(lhs.shape[d] for d in _dims(ins.attrs, "lhs_contracting_dims"))
+    return 2.0 * math.prod(ins.out[0].shape) * contracted
+  labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", ins.attrs)
+  if rhs is None or not labels:
+    return 0.0
+  lhs_l, rhs_l, out_l = labels.groups()
+  out = ins.out[0].shape
+  if not (len(lhs_l) == len(lhs.shape) and len(rhs_l) == len(rhs.shape) == len(out)):
+    return 0.0
+  spatial = sorted(c for c in lhs_l if c.isdigit())
+  w = _window(ins.attrs, len(spatial))
+  taps = 1
+  for j, d in enumerate(spatial):
+    taps *= _window_taps(lhs.shape[lhs_l.index(d)], out[out_l.index(d)], w["size"][j],
+                         w["stride"][j], w["lo"][j], w["lhs_dilate"][j], w["rhs_dilate"][j])
+  return 2.0 * out[out_l.index("b")] * out[out_l.index("f")] * rhs.shape[rhs_l.index("i")] * taps
 
 
 def flops(hlo: str) -> float:

@@ -69,7 +69,13 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(axes, len(devices))
   if devices == list(jax.devices()) or devices[0].platform == "tpu":
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    try:
+      return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    except NotImplementedError as e:  # an axis is no product of whole torus axes
+      from jax.experimental import mesh_utils
+      log.warning("mesh %s: %s; splitting physical axes", dict(zip(MESH_AXES, shape)), e)
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+      return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
               axis_types=(AxisType.Auto,) * 3)
 
