@@ -326,12 +326,16 @@ def forward_flops(cfg: ModelConfig, tokens: int, context: int) -> float:
 
 
 def il_program(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Lengths,
-               batch_size: int | None = None) -> Program:
+               batch_size: int | None = None, every_position: bool = False) -> Program:
+  """The IL step on [B, prompt + action] rows; the loss reads the action's positions
+  (`target_index`), or with `every_position` every position, as a language-model
+  step does (what MaxText's train step computes)."""
   B = batch_size or sc.train.batch_size
   T, M = lengths.prompt + lengths.action, lengths.action
   batch = {"tokens": _spec((B, T), jnp.int32), "mask": _spec((B, T), jnp.bool_),
-           "loss_mask": _spec((B, T), jnp.bool_), "target_index": _spec((B, M), jnp.int32),
-           "target_mask": _spec((B, M), jnp.bool_)}
+           "loss_mask": _spec((B, T), jnp.bool_)}
+  if not every_position:
+    batch.update(target_index=_spec((B, M), jnp.int32), target_mask=_spec((B, M), jnp.bool_))
   return _train_step_program(ctx, sc, "action_ce", None, 1, batch, "il_step", T)
 
 

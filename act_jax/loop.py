@@ -256,6 +256,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                                        tc.accum_steps, stage.updates_per_batch, trainable),
               st_shard, batch_sh, sharding.replicated(ctx.mesh))
         device_batch = sharding.shard_batch(batch, ctx.mesh)
+        if step == start + 1 and ctx.mesh.devices.flat[0].platform == "tpu":
+          from act_jax import aot  # refuse a step larger than HBM before running it
+          aot.check_fits(step_fn.lower(state, device_batch).compile(), f"{stage.name}_step")
         with jax.transfer_guard("disallow"):
           state, m = step_fn(state, device_batch)
         m = jax.device_get(m)
