@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import jax
 import ml_collections
@@ -98,9 +98,12 @@ def setup_process(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def build_context(config: ml_collections.ConfigDict) -> Context:
+def build_context(config: ml_collections.ConfigDict,
+                  devices: Sequence[jax.Device] | None = None) -> Context:
+  """`devices`: default all of this run's; an ahead-of-time compile passes a TPU
+  topology's (`act_jax.aot`)."""
   model_cfg = config_lib.model_config(config)
-  mesh = sharding.make_mesh(config_lib.mesh_axes(config))
+  mesh = sharding.make_mesh(config_lib.mesh_axes(config), devices)
   sharding.check_model_fits(model_cfg, mesh)
   pshard = params_lib.shardings(model_cfg, mesh, config_lib.sharding_rules(config))
   return Context(model_cfg, mesh, models.graphdef(model_cfg), pshard)
@@ -253,6 +256,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                                        tc.accum_steps, stage.updates_per_batch, trainable),
               st_shard, batch_sh, sharding.replicated(ctx.mesh))
         device_batch = sharding.shard_batch(batch, ctx.mesh)
+        if step == start + 1 and ctx.mesh.devices.flat[0].platform == "tpu":
+          from act_jax import aot  # refuse a step larger than HBM before running it
+          aot.check_fits(step_fn.lower(state, device_batch).compile(), f"{stage.name}_step")
         with jax.transfer_guard("disallow"):
           state, m = step_fn(state, device_batch)
         m = jax.device_get(m)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from act_jax import sharding
 from act_jax.models.config import ModelConfig
 
 _NEG_INF = -1e30
@@ -136,7 +137,8 @@ def run_layers(cfg: ModelConfig, layer_params: dict[str, Any], x: jax.Array,
                jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :])  # [B,T,T]
 
   def layer(x, p):
-    return _layer(cfg, x, p, cos, sin, attn_mask)
+    return sharding.constrain_rows(_layer(cfg, sharding.constrain_rows(x), p, cos, sin,
+                                          attn_mask))
 
   if cfg.remat:
     layer = jax.checkpoint(layer)

@@ -96,7 +96,13 @@ def panels(w: jax.Array, width: int = PANEL, exact: bool = False) -> jax.Array:
   return jnp.moveaxis(w, 0, -2)
 
 
-def plain_matrices(cfg: ModelConfig) -> frozenset[str]:
+def platform(mesh: Mesh | None) -> str:
+  """The platform a program runs on: the mesh's devices' (an ahead-of-time compile for
+  a TPU topology runs on a CPU host), else the default backend's."""
+  return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def plain_matrices(cfg: ModelConfig, mesh: Mesh | None = None) -> frozenset[str]:
   """Without the kernel: which matrices `prepare` stores plain [D_in, N], not as `panels`.
 
   All panels on one XLA:CPU thread (and off CPU). With several threads (one per
@@ -107,7 +113,7 @@ def plain_matrices(cfg: ModelConfig) -> frozenset[str]:
   cores). The narrow ones (< `PLAIN_MIN_COLUMNS`) stay panels: as fast there, with
   ~8% less CPU time in all (benchmarks/README.md).
   """
-  if jax.default_backend() != "cpu" or len(os.sched_getaffinity(0)) == 1:
+  if platform(mesh) != "cpu" or len(os.sched_getaffinity(0)) == 1:
     return frozenset()
   widths = {"wqkv": (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
             "wo": cfg.hidden_size, "w_gu": 2 * cfg.intermediate_size,
@@ -121,8 +127,8 @@ def use_kernel(cfg: ModelConfig, mesh: Mesh | None) -> bool:
   On XLA:CPU, for float32 models, unless the mesh splits the weights or rows over
   several devices: a custom call has no sharding rule, so XLA would gather them.
   """
-  return (cfg.jnp_dtype == jnp.float32 and (mesh is None or mesh.size == 1)
-          and cpu_matmul.available())
+  return (platform(mesh) == "cpu" and cfg.jnp_dtype == jnp.float32
+          and (mesh is None or mesh.size == 1) and cpu_matmul.available())
 
 
 def matmul(x: jax.Array, w: jax.Array, n: int, plain: bool, kernel: bool = False
@@ -167,7 +173,7 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
                        f"matrices (got {sorted(plain or ())}) and cpu_matmul.available()")
     plain = frozenset()
   elif plain is None:
-    plain = plain_matrices(cfg)
+    plain = plain_matrices(cfg, mesh)
   if kernel:
     mat = lambda name, w: panels(w, cpu_matmul.WIDTH, exact=True)
   else:

@@ -1,0 +1,139 @@
+"""Ahead-of-time TPU compiles on this CPU host (`act_jax.aot`), through libtpu.
+
+The paper's pipeline config with a tiny model is compiled for a one-host and a
+two-host slice; references are computed here from shapes and the mesh, not from the
+compiler's own answers.
+"""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("libtpu")
+
+from act_jax import aot, hlo_stats, models  # noqa: E402
+from act_jax.sampling import cpu_matmul  # noqa: E402
+from configs import paper_qwen3_8b  # noqa: E402
+
+PROGRAMS = {"il_step", "critic_update", "critic_ref_logps", "rl_update", "rl_ref_logps",
+            "prefill", "decode_step", "eval_score"}
+
+
+def tiny_config(**model):
+  """The paper's pipeline (stages, GRPO sections, remat, bf16 compute) on a tiny model."""
+  c = paper_qwen3_8b.get_config()
+  c.pipeline.model_dir = ""
+  c.model.update({**dict(arch="qwen3", vocab_size=256, hidden_size=128, intermediate_size=256,
+                         num_layers=1, num_heads=4, num_kv_heads=2, head_dim=32, qk_norm=True,
+                         tie_embeddings=False, eos_token_id=1, pad_token_id=0), **model})
+  c.mesh_preset = "auto"
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.data.max_state_tokens = 32
+  for s in ("act", "rl"):
+    c.stages[s].grpo.update(dict(max_new_tokens=8, eval_batch_size=8, group_size=2))
+  for s in ("il", "act", "rl"):
+    c.stages[s].batch_size = 8
+  return c
+
+
+@pytest.fixture(scope="module", params=["v5e:2x2", "v5p:2x2x2"])
+def compiled(request):
+  """(topology, context, programs) of the tiny pipeline on a slice."""
+  config = tiny_config()
+  devices = aot.topology_devices(request.param)
+  ctx = aot.context(config, devices)
+  return request.param, ctx, aot.programs(config, ctx, aot.Lengths.of(config, 8))
+
+
+def test_every_program_compiles_and_fits(compiled):
+  topology, ctx, programs = compiled
+  assert {p.name for p in programs} == PROGRAMS
+  devices = aot.topology_devices(topology)
+  assert ctx.mesh.devices.size == len(devices) == {"v5e:2x2": 4, "v5p:2x2x2": 8}[topology]
+  assert len({d.process_index for d in devices}) == {"v5e:2x2": 1, "v5p:2x2x2": 2}[topology]
+  chip = aot.chips.chip(devices[0].device_kind)
+  for p in programs:
+    row = aot.report(p, chip)
+    assert row["fits"] and 0 < row["per_chip_bytes"]["total"] < chip.hbm_bytes, p.name
+    assert row["flops"] > 0 and row["bytes_accessed"] > 0, p.name
+  # A train step over fsdp-sharded params gathers them and reduce-scatters/all-reduces grads.
+  step = aot.report(next(p for p in programs if p.name == "il_step"), chip)
+  assert step["collectives"]["all-gather"]["count"] > 0
+
+
+def test_per_chip_param_bytes_equal_the_sharded_size(compiled):
+  """The scoring program's parameter arguments, per chip, against the model's
+  bytes split over the fsdp axis (every matrix has an `embed` dimension; norm
+  scales of the layers have it too; the final norm is replicated... it is [embed])."""
+  topology, ctx, programs = compiled
+  score = next(p for p in programs if p.name == "eval_score")
+  entry = next(c for c in hlo_stats.parse(score.compiled.as_text()) if c.entry)
+  leaves = jax.tree.leaves(models.abstract_params(ctx.model_cfg))
+  per_chip = sum(a.bytes for arrs in list(entry.params.values())[:len(leaves)] for a in arrs)
+  fsdp = ctx.mesh.shape["fsdp"]
+  axes = jax.tree.leaves(models.logical_axes(ctx.model_cfg), is_leaf=lambda x: isinstance(x, tuple))
+  expected = 0
+  for leaf, names in zip(leaves, axes):
+    size = math.prod(leaf.shape) * leaf.dtype.itemsize
+    split = "embed" in names and leaf.shape[names.index("embed")] % fsdp == 0
+    expected += size // fsdp if split else size
+  assert per_chip == expected
+
+
+def test_no_tpu_program_contains_the_cpu_kernel(compiled):
+  _, _, programs = compiled
+  for p in programs:
+    assert cpu_matmul._TARGET not in hlo_stats.custom_calls(p.compiled.as_text()), p.name
+
+
+def test_one_chip_float32_sampler_leaves_the_cpu_kernel_out():
+  """On one chip with a float32 model the CPU sampler would use its kernel; a TPU
+  program must not (the layout follows the mesh's platform, not this host's)."""
+  config = tiny_config(dtype="float32")
+  ctx = aot.context(config, aot.topology_devices("v5e:2x2")[:1])
+  for p in aot.programs(config, ctx, aot.Lengths.of(config, 8), only=["prefill", "decode_step"]):
+    assert cpu_matmul._TARGET not in hlo_stats.custom_calls(p.compiled.as_text()), p.name
+
+
+def test_an_oversized_program_is_refused_with_what_would_help():
+  # ~26 GB of float32 embedding and head per chip over a 4-chip fsdp axis, > 16 GiB.
+  config = tiny_config(hidden_size=32768, vocab_size=393216, num_heads=4, num_kv_heads=2,
+                       head_dim=128)
+  ctx = aot.context(config, aot.topology_devices("v5e:2x2"))
+  with pytest.raises(aot.DoesNotFit) as e:  # refused by XLA, or by our check after it
+    (score,) = aot.programs(config, ctx, aot.Lengths.of(config, 8), only=["eval_score"])
+    aot.check_fits(score.compiled, score.name)
+  msg = str(e.value)
+  assert msg.startswith("program eval_score does not fit")
+  capacity = re.search(r"([\d.]+) ?GiB per chip > ([\d.]+) GiB HBM|\(([\d.]+)G\) exceeds "
+                       r"available HBM \(([\d.]+)G\)", msg)
+  needed, hbm = [float(x) for x in capacity.groups() if x is not None]
+  assert needed > hbm > 15
+  buffers = msg.split("Largest buffers")[1].split(". Config")[0]
+  assert buffers.count(" GiB") == 3 and "embed" in buffers  # the 12 GiB tables lead
+  for field in ("mesh.fsdp", "model.remat", "batch_size", "max_state_tokens"):
+    assert field in msg
+
+
+def test_hlo_flops_count_every_iteration_of_a_scanned_loop():
+  """XLA's cost analysis counts a loop body once; ours counts its trip count, and a
+  scanned chain of matmuls costs what the analytic count says (fwd + both grads)."""
+  devices = aot.topology_devices("v5e:2x2")
+  mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 2), ("a", "b"))
+  L, B, D = 6, 256, 512
+  sh = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  w = jax.ShapeDtypeStruct((L, D, D), jnp.bfloat16, sharding=sh(None, "a", "b"))
+  x = jax.ShapeDtypeStruct((B, D), jnp.bfloat16, sharding=sh("a", None))
+
+  def loss(w, x):
+    return jax.lax.scan(lambda h, wl: (jnp.tanh(h @ wl), None), x, w)[0].sum()
+
+  p = aot.compile_program(jax.grad(loss, argnums=(0, 1)), (w, x))
+  per_chip = 3 * 2 * B * D * D * L / len(devices)
+  assert hlo_stats.flops(p.compiled.as_text()) == pytest.approx(per_chip, rel=1e-6)
+  assert p.compiled.cost_analysis()["flops"] < per_chip / 2  # XLA: the body once
+  coll = aot.collectives(p.compiled)
+  assert coll["all-gather"]["count"] % L == 0 and coll["all-gather"]["count"] >= L
