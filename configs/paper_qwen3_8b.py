@@ -37,6 +37,9 @@ def get_config():
       use_chat_template=True,
       # Qwen3 thinking for the critic [I]; plain answers for actions [I].
       action_chat_template_kwargs={"enable_thinking": False}))
+  # The run takes its architecture from model_dir's config.json; without a checkpoint
+  # (`python -m act_jax.aot` on any host) the published Qwen3-8B shape stands in.
+  c.model_preset = "qwen3-8b"
   c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True))
   c.mesh_preset = "tpu_v5p_64"
   # 1 correct / 0 wrong [V: "rewarded only for selecting correctly"]
