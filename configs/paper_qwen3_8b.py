@@ -13,7 +13,6 @@ Values marked [V] are stated by the paper; [I] are our inference (the paper does
 publish them) — treat them as starting points.
 """
 import ml_collections
-from ml_collections.config_dict import placeholder
 
 from act_jax import config_lib
 
@@ -24,7 +23,8 @@ def get_config():
       variants="prompt,il,rl,act,il_w_act,rl_w_act", seeds=3, first_seed=0,  # [I]
       # Both required: --config.pipeline.model_dir=DIR (Qwen3-8B [V]) and
       # --config.pipeline.trajectories=FILE (a public conversation-format set).
-      model_dir=placeholder(str), trajectories=placeholder(str), export=True))
+      model_dir=ml_collections.config_dict.placeholder(str),
+      trajectories=ml_collections.config_dict.placeholder(str), export=True))
   c.env = ml_collections.ConfigDict(dict(
       name="scienceworld", games=[], train_per_game=10, heldout_per_game=3, max_steps=50,
       pool_size=16,
