@@ -63,7 +63,7 @@ class ModelPolicy:
     return out
 
   def _completions(self, ids: list[list[int]]) -> list[str]:
-    res = self.sampler.generate(self.params, ids, sampling=GREEDY,
+    res = self.sampler.generate(self.sampler.prepare(self.params), ids, sampling=GREEDY,
                                 max_new_tokens=self.max_new_tokens + self.reflection_tokens)
     return [self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences()]
 
