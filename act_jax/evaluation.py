@@ -244,8 +244,8 @@ def judgment_accuracy(sampler: Sampler, params: Any, tokenizer: Any,
           for x in examples.both_orders(records, tokenizer, prompt_cfg)]
   texts: list[str] = []
   for i in range(0, len(rows), batch_size):
-    res = sampler.generate(params, [p for p, _ in rows[i:i + batch_size]], sampling=GREEDY,
-                           max_new_tokens=max_new_tokens)
+    res = sampler.generate(sampler.prepare(params), [p for p, _ in rows[i:i + batch_size]],
+                           sampling=GREEDY, max_new_tokens=max_new_tokens)
     seqs = res.sequences()
     texts.extend(tokenizer.decode(seq, skip_special_tokens=True) for seq in seqs)
     if progress is not None:

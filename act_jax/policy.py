@@ -76,7 +76,7 @@ class ModelPolicy:
 
   def _completions(self, ids: list[list[int]]) -> tuple[list[str], list[str]]:
     """Greedy completions and their finish reasons ("length": cut by the budget)."""
-    res = self.sampler.generate(self.params, ids, sampling=GREEDY,
+    res = self.sampler.generate(self.sampler.prepare(self.params), ids, sampling=GREEDY,
                                 max_new_tokens=self.max_new_tokens + self.reflection_tokens)
     return ([self.tok.decode(seq, skip_special_tokens=True) for seq in res.sequences()],
             list(res.finish_reasons))

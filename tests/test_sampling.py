@@ -1,12 +1,13 @@
 """The sampler against full (uncached) forward passes of the training decoder."""
 import dataclasses
 import functools
+import gc
+import weakref
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from act_jax import params as params_lib, sharding as shd
 from act_jax.models import ModelConfig, abstract_params, graphdef, merge, positions_from_mask
@@ -106,29 +107,39 @@ def test_prepared_weights_give_the_same_result():
   np.testing.assert_array_equal(a.model_logprobs, b.model_logprobs)
 
 
-MATRICES = ("wqkv", "wo", "w_gu", "w_down", "head")
+def test_prepare_is_made_once_per_parameter_version():
+  """The same arrays give the same copy; other arrays a new one; the copy dies with them."""
+  params = _random_params(CFG)
+  s = Sampler(CFG)
+  w = s.prepare(params)
+  assert s.prepare(params) is w
+  other = jax.tree.map(jnp.copy, params)
+  assert s.prepare(other) is not w
+  ref = weakref.ref(s.prepare(other))
+  del w, other
+  gc.collect()
+  assert ref() is None  # no stale copy outlives its parameters
 
 
-LAYOUTS = {  # plain matrices, F, head and w_gu shapes; columns pad to whole panels
-    "panels": ((), 80, (3, 48, 128), (2, 1, 48, 80)),
-    "plain": (MATRICES, 80, (48, 300), (48, 2, 80)),
-    "mixed": (("w_gu", "head"), 80, (48, 300), (48, 2, 80)),
-    "kernel": ((), 80, (10, 48, 32), (2, 3, 48, 32)),
-    "kernel_narrow": ((), 12, (10, 48, 32), (2, 1, 48, 32)),  # 12 columns: one padded panel
+LAYOUTS = {  # F, head and w_gu shapes; the kernel's columns pad to whole panels
+    "plain": (80, (48, 300), (48, 2, 80)),
+    "kernel": (80, (10, 48, 32), (2, 3, 48, 32)),
+    "kernel_narrow": (12, (10, 48, 32), (2, 1, 48, 32)),  # 12 columns: one padded panel
 }
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_matrix_layouts_equal_the_full_forward(layout):
-  """Matrices as 128-wide XLA panels (one CPU thread), plain [D_in, N] (several), mixed,
-  or as 32-wide panels run by `cpu_matmul` (the default on CPU where it builds)."""
+  """Matrices plain [D_in, ..., N] (off CPU, and the fallback), or as 32-wide panels run
+  by `cpu_matmul` (the default on CPU where it builds)."""
   kernel = layout.startswith("kernel")
   if kernel and not cpu_matmul.available():
     pytest.skip("CPU kernel not built")
-  plain, F, head_shape, gu_shape = LAYOUTS[layout]
+  F, head_shape, gu_shape = LAYOUTS[layout]
   cfg = dataclasses.replace(CFG, vocab_size=300, intermediate_size=F)
   params = _random_params(cfg)
-  w = inference.prepare(cfg, params, plain=plain, kernel=kernel)
+  w = inference.prepare(cfg, params, kernel=kernel)
+  assert w.kernel == kernel
   assert w.head.shape == head_shape and w.layers[0]["w_gu"].shape == gu_shape
   out = Sampler(cfg).generate(w, PROMPTS, sampling=NO_EOS, max_new_tokens=6)
   for i, p in enumerate(PROMPTS):
@@ -264,29 +275,33 @@ def test_top_p_support_matches_numpy_reference():
 # ------------------------------------------------------------------------------ sharding
 
 
-def test_sharded_generation_equals_unsharded():
-  cfg, params = CFG, _params("qwen3")
+MODEL = ("fsdp", "tensor")
+
+
+@pytest.mark.parametrize("kv_heads,tp", [(4, MODEL), (2, "tensor")])
+def test_sharded_generation_equals_unsharded(kv_heads, tp):
+  """Generation's layout: tensor parallel over fsdp x tensor when the kv heads divide
+  (no weight's input dim split, so decoding gathers none), else over tensor alone."""
+  cfg = dataclasses.replace(CFG, num_heads=2 * kv_heads, num_kv_heads=kv_heads, vocab_size=96)
+  params = _random_params(cfg)
   mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  shardings = params_lib.shardings(cfg, mesh)
-  sharded = jax.device_put(params, shardings)
+  sharded = jax.device_put(params, params_lib.shardings(cfg, mesh))
   prompts = PROMPTS + [[7, 8, 9]]
   ref = Sampler(cfg).generate(params, prompts, sampling=NO_EOS, max_new_tokens=10, n=2)
   s = Sampler(cfg, mesh)
-  out = s.generate(sharded, prompts, sampling=NO_EOS, max_new_tokens=10, n=2)
-  np.testing.assert_array_equal(out.tokens, ref.tokens)
-  np.testing.assert_allclose(out.model_logprobs, ref.model_logprobs, atol=2e-5)
-  w = s.prepare(sharded)  # fused weights keep the tensor split of their parts
-  # wqkv [K, panels, D, width]: kv heads split; w_gu [2, 1 panel, D, F=80]: columns split.
-  assert w.layers[0]["wqkv"].sharding.spec[0] == "tensor"
-  assert w.layers[0]["w_gu"].sharding.spec == P(None, None, "fsdp", "tensor")
-  # Plain matrices [D_in, ..., N] keep it too.
-  w = jax.jit(lambda p: inference.prepare(cfg, p, mesh, plain=MATRICES))(sharded)
-  assert w.layers[0]["wqkv"].sharding.spec == P("fsdp", "tensor")
-  assert w.layers[0]["w_gu"].sharding.spec == P("fsdp", None, "tensor")
-  assert w.head.sharding.spec[0] == "fsdp"  # vocab 97 does not divide by tensor
+  w = s.prepare(sharded)
   out = s.generate(w, prompts, sampling=NO_EOS, max_new_tokens=10, n=2)
   np.testing.assert_array_equal(out.tokens, ref.tokens)
   np.testing.assert_allclose(out.model_logprobs, ref.model_logprobs, atol=2e-5)
+  spec = lambda x: tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
+  layer = w.layers[0]
+  assert spec(layer["wqkv"]) == (None, tp, None)  # [D, K, (G+2)*Hd]
+  assert spec(layer["wo"]) == (tp, None)  # [H*Hd, D]
+  assert spec(layer["w_gu"]) == (None, None, tp)  # [D, 2, F]
+  assert spec(layer["w_down"]) == (tp, None)  # [F, D]
+  assert spec(w.head) == (None, tp)  # [D, V]
+  # Training's layout splits the input dim over fsdp; generation's never does.
+  assert params_lib.shardings(cfg, mesh)["layers"]["wq"].spec[1] == "fsdp"
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -221,9 +221,9 @@ def _append(state: DecodeState, logits: jax.Array, cfg: SamplingConfig,
       done=state.done | is_eos | is_stop, finish=finish.astype(jnp.int32))
 
 
-def _rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
-  """Leading (batch) axis over the mesh's batch axes."""
-  return inference.constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
+def _rows(x: jax.Array, cfg: ModelConfig, mesh: Mesh | None) -> jax.Array:
+  """Leading (batch) axis over generation's batch axes (`inference.rules`)."""
+  return inference.constrain(x, ("batch",) + (None,) * (x.ndim - 1), cfg, mesh)
 
 
 # ----------------------------------------------------------------------------
@@ -240,6 +240,7 @@ def prefill(model: Model, params: Params, prompt_tokens: jax.Array, prompt_mask:
   the vocabulary.
   """
   w = inference_weights(model, params, mesh)
+  prompt_tokens, prompt_mask = _rows(prompt_tokens, w.cfg, mesh), _rows(prompt_mask, w.cfg, mesh)
   B, P = prompt_tokens.shape
   G = slots - P + 1
   mask = prompt_mask.astype(bool)
@@ -251,16 +252,17 @@ def prefill(model: Model, params: Params, prompt_tokens: jax.Array, prompt_mask:
   prompt_lens = jnp.sum(mask, axis=1, dtype=jnp.int32)
   if n > 1:
     rep = lambda x: jnp.repeat(x, n, axis=0)
-    cache = inference.constrain_cache(jax.tree.map(rep, cache), mesh)
+    cache = inference.constrain_cache(jax.tree.map(rep, cache), w.cfg, mesh)
     kv_mask, logits, prompt_lens = rep(kv_mask), rep(logits), rep(prompt_lens)
   N = B * n
-  rows = lambda shape, value, dtype: _rows(jnp.full(shape, value, dtype), mesh)
+  put = lambda x: _rows(x, w.cfg, mesh)
+  rows = lambda shape, value, dtype: put(jnp.full(shape, value, dtype))
   noise_shape = (N, candidates(cfg, logits.shape[-1]))
   noise = jnp.zeros(noise_shape, jnp.float32) if cfg.greedy else gumbel_noise(rng, 0, noise_shape)
   state = DecodeState(
-      cache=cache, kv_mask=_rows(kv_mask, mesh), rng=rng, noise=_rows(noise, mesh),
+      cache=cache, kv_mask=put(kv_mask), rng=rng, noise=put(noise),
       step=jnp.zeros((), jnp.int32),
-      last=rows((N,), 0, jnp.int32), position=_rows(prompt_lens - 1, mesh),
+      last=rows((N,), 0, jnp.int32), position=put(prompt_lens - 1),
       tokens=rows((N, G), pad_id, jnp.int32), logprobs=rows((N, G), 0, jnp.float32),
       model_logprobs=rows((N, G), 0, jnp.float32), done=rows((N,), False, bool),
       finish=rows((N,), LENGTH, jnp.int32), lengths=rows((N,), 0, jnp.int32))

@@ -9,11 +9,18 @@ re-stacked, at every step. Measured on the small benchmark shape that was
 
 So generation runs on `InferenceWeights`: the same parameters unstacked per layer
 (one copy, made once per parameter version by `prepare`), with q/k/v and gate/up
-fused into one matmul each. On CPU every matrix is stored as 32-wide column panels
-that our own kernel multiplies (`cpu_matmul`, `use_kernel`); elsewhere, or where
-the kernel cannot be built, as 128-wide panels for XLA's dot (`panels`), or plain
-when wide and XLA:CPU has several threads (`plain_matrices`). The
-KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
+fused into one matmul each. Two layouts: on CPU, where our kernel builds
+(`cpu_matmul`, `use_kernel`), every matrix is stored as its 32-wide column panels;
+everywhere else, and as the fallback, matrices stay plain [D_in, ..., N] for the
+backend's own dot.
+
+On a mesh the copy is laid out for generation, not training (`rules`): tensor
+parallel over the fsdp and tensor axes together, rows over data, as Tunix reshards
+its actor for rollouts. The training layout shards every matrix's input dimension
+over fsdp, so each decode step would gather the weights; here a decode step only
+all-reduces activations (benchmarks/README.md counts both on a v5e:2x2 compile).
+
+The KV cache is a tuple of per-layer `(k, v)` arrays, keys `[N, K, Hd, S]` and values
 `[N, K, S, Hd]`: head-major, and each laid out as the right-hand matrix of its
 attention dot (q.k contracts Hd, p.v contracts S), so neither is transposed per
 step. It is updated in place in the decode loop's carry. Numerics follow the decoder
@@ -22,7 +29,6 @@ op for op (tests compare logits and greedy tokens against it).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
@@ -36,64 +42,62 @@ from act_jax.models.config import ModelConfig
 from act_jax.sampling import cpu_matmul
 
 Cache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer k [N, K, Hd, S], v [N, K, S, Hd]
+Rules = tuple[tuple[str, Any], ...]
 
 K_AXES, V_AXES = ("batch", "kv_heads", "head_dim", None), ("batch", "kv_heads", None, "head_dim")
 _NEG_INF = -1e30  # as the decoder's attention mask
-PANEL = 128  # output columns per weight panel
-PLAIN_MIN_COLUMNS = 2048  # with several CPU threads, wider matrices are stored plain
-SMALL_ROWS = 64  # at most this many rows: one dot per panel (decoding); more: one big dot
-# Panels [..., N/PANEL, D_in, PANEL]. The output's sharding goes on the panel axis, or
-# on the columns when the panels do not divide (a mesh axis is used once).
-_LAYER_AXES = {
-    "attn_norm": ("norm",), "mlp_norm": ("norm",), "q_norm": ("norm",), "k_norm": ("norm",),
-    "wqkv": ("kv_heads", None, "embed", None),  # per kv head: q group, k, v (G+2)*Hd wide
-    "bqkv": ("kv_heads", None, "head_dim"),
-    "wo": ("embed", "heads", "embed"),  # input H*Hd
-    "w_gu": (None, "mlp", "embed", "mlp"),  # gate, up
-    "w_down": ("embed", "mlp", "embed"),
-}
-# Plain matrices [D_in, ..., N], as the training parameters.
-_PLAIN_AXES = {**_LAYER_AXES, "wqkv": ("embed", "kv_heads", None), "wo": ("heads", "embed"),
-               "w_gu": ("embed", None, "mlp"), "w_down": ("mlp", "embed")}
+# Matrices [D_in, ..., N], as the training parameters; the panels have no mesh.
+_AXES = {"attn_norm": ("norm",), "mlp_norm": ("norm",), "q_norm": ("norm",),
+         "k_norm": ("norm",), "bqkv": ("kv_heads", None, "head_dim"),
+         "wqkv": ("embed", "kv_heads", None),  # per kv head: q group, k, v (G+2)*Hd wide
+         "wo": ("heads", "embed"), "w_gu": ("embed", None, "mlp"), "w_down": ("mlp", "embed")}
+MATRICES = frozenset({"wqkv", "wo", "w_gu", "w_down"})
 
 
 @struct.dataclass
 class InferenceWeights:
   """Per-layer, fused weights; `cfg` rides along as static pytree metadata."""
   cfg: ModelConfig = struct.field(pytree_node=False)
-  plain: frozenset[str] = struct.field(pytree_node=False)  # matrices not stored as `panels`
-  kernel: bool = struct.field(pytree_node=False)  # panels for `cpu_matmul`, which runs them
+  kernel: bool = struct.field(pytree_node=False)  # 32-wide panels that `cpu_matmul` runs
   embed: jax.Array  # [V, D]
   final_norm: jax.Array  # [D]
-  head: jax.Array  # lm_head [D, V] (embed.T when tied), compute dtype; "head" in plain
+  head: jax.Array  # lm_head [D, V] (embed.T when tied), compute dtype
   layers: tuple[dict[str, jax.Array], ...]
 
 
-def constrain(x: jax.Array, logical: tuple[str | None, ...], mesh: Mesh | None) -> jax.Array:
-  """`with_sharding_constraint` by logical axis names; a no-op without a mesh."""
+def rules(cfg: ModelConfig, mesh: Mesh) -> Rules:
+  """Logical axes -> mesh axes for generation: tensor parallel, no input dim sharded.
+
+  Heads, kv heads, MLP columns and the vocabulary split over fsdp x tensor, rows over
+  data, when the kv heads divide by fsdp x tensor: a layer then all-reduces its two
+  [N, T, D] outputs and never gathers a weight. Otherwise (say 8 kv heads on 32
+  chips) over tensor alone with rows over data x fsdp, so the KV cache stays split;
+  the weights are then whole on each fsdp shard.
+  """
+  model = ("fsdp", "tensor")
+  if cfg.num_kv_heads % (mesh.shape["fsdp"] * mesh.shape["tensor"]):
+    model = ("tensor",)
+  batch = tuple(a for a in shd.BATCH if a not in model)
+  return (("batch", batch), ("heads", model), ("kv_heads", model), ("mlp", model),
+          ("vocab", model), ("embed", None), ("head_dim", None), ("norm", None))
+
+
+def constrain(x: jax.Array, logical: tuple[str | None, ...], cfg: ModelConfig,
+              mesh: Mesh | None) -> jax.Array:
+  """`with_sharding_constraint` by logical names under `rules`; a no-op without a mesh."""
   if mesh is None:
     return x
-  spec = shd.spec_for(logical, x.shape, mesh)
+  spec = shd.spec_for(logical, x.shape, mesh, rules(cfg, mesh))
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def panels(w: jax.Array, width: int = PANEL, exact: bool = False) -> jax.Array:
-  """[D_in, ..., N] -> [..., ceil(N / width), D_in, width], zero-padded columns.
-
-  A matrix narrower than `width` becomes one panel of its own width, unless `exact`
-  (the kernel's panels are always `cpu_matmul.WIDTH` wide).
-
-  Why: XLA:CPU's dot kernel (YNNPACK, 4 rows x 64 columns per tile) walks the
-  weight matrix down its rows, one 256-byte piece per row at a stride of N
-  floats; that access pattern streams ~8 GB/s where a sequential read reaches
-  ~18. With each panel contiguous the same kernel reads the weights in order.
-  Decoding is bound by reading the weights, so this is most of its speed.
-  """
+def panels(w: jax.Array) -> jax.Array:
+  """[D_in, ..., N] -> [..., ceil(N / WIDTH), D_in, WIDTH], zero-padded: `cpu_matmul`'s
+  layout, each panel contiguous so the kernel reads the weights in order."""
   d_in, *lead, n = w.shape
-  width = width if exact else min(width, n)
+  width = cpu_matmul.WIDTH
   w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, -n % width)])
-  w = w.reshape(d_in, *lead, -1, width)
-  return jnp.moveaxis(w, 0, -2)
+  return jnp.moveaxis(w.reshape(d_in, *lead, -1, width), 0, -2)
 
 
 def platform(mesh: Mesh | None) -> str:
@@ -102,82 +106,44 @@ def platform(mesh: Mesh | None) -> str:
   return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
-def plain_matrices(cfg: ModelConfig, mesh: Mesh | None = None) -> frozenset[str]:
-  """Without the kernel: which matrices `prepare` stores plain [D_in, N], not as `panels`.
-
-  All panels on one XLA:CPU thread (and off CPU). With several threads (one per
-  schedulable core) the wide ones are plain: YNNPACK parallelises a dot over tiles
-  of its output rows and columns but loops over batch dimensions on one thread, so
-  a batch of panel dots runs serially, while one plain dot is split over all
-  threads (the small benchmark shape: ~0.7x the all-panel decode step on two
-  cores). The narrow ones (< `PLAIN_MIN_COLUMNS`) stay panels: as fast there, with
-  ~8% less CPU time in all (benchmarks/README.md).
-  """
-  if platform(mesh) != "cpu" or len(os.sched_getaffinity(0)) == 1:
-    return frozenset()
-  widths = {"wqkv": (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
-            "wo": cfg.hidden_size, "w_gu": 2 * cfg.intermediate_size,
-            "w_down": cfg.hidden_size, "head": cfg.vocab_size}
-  return frozenset(k for k, n in widths.items() if n >= PLAIN_MIN_COLUMNS)
-
-
 def use_kernel(cfg: ModelConfig, mesh: Mesh | None) -> bool:
   """Whether `prepare` lays the matrices out for `cpu_matmul` (and decoding runs it).
 
   On XLA:CPU, for float32 models, unless the mesh splits the weights or rows over
   several devices: a custom call has no sharding rule, so XLA would gather them.
+  Call it once outside `jax.jit` (`Sampler` does): the first call builds the kernel.
   """
   return (platform(mesh) == "cpu" and cfg.jnp_dtype == jnp.float32
           and (mesh is None or mesh.size == 1) and cpu_matmul.available())
 
 
-def matmul(x: jax.Array, w: jax.Array, n: int, plain: bool, kernel: bool = False
-           ) -> jax.Array:
-  """x [..., D_in] @ a matrix stored plain [D_in, ..., n] or as panels -> [..., ..., n]."""
-  if plain:
+def matmul(x: jax.Array, w: jax.Array, n: int, kernel: bool) -> jax.Array:
+  """x [..., D_in] @ a matrix stored plain [D_in, ..., n] or as `panels` -> [..., ..., n]."""
+  if not kernel:
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
   *rows, d_in = x.shape
-  x2 = x.reshape(-1, d_in)
-  m, batch = x2.shape[0], w.shape[:-2]
-  if kernel:
-    out = cpu_matmul.matmul(x2.astype(jnp.float32), w.reshape(-1, d_in, w.shape[-1]))
-  elif m <= SMALL_ROWS:
-    # One small dot per panel (rows broadcast: a few KiB), each reading its panel in order.
-    xb = jnp.broadcast_to(x2, batch + x2.shape)
-    b = tuple(range(len(batch)))
-    out = jax.lax.dot_general(xb, w, (((xb.ndim - 1,), (w.ndim - 2,)), (b, b)))
-    out = jnp.moveaxis(out, -2, 0)  # [m, ..., panels, PANEL]
-  else:  # compute-bound (a prefill): one large dot, XLA re-assembles the matrix
-    out = jnp.einsum("mk,...kw->m...w", x2, w)
-  out = out.reshape(m, *batch[:-1], -1)[..., :n]
-  return out.reshape(*rows, *batch[:-1], n)
+  x2 = x.reshape(-1, d_in).astype(jnp.float32)
+  out = cpu_matmul.matmul(x2, w.reshape(-1, d_in, w.shape[-1]))
+  out = out.reshape(x2.shape[0], *w.shape[:-3], -1)[..., :n]
+  return out.reshape(*rows, *w.shape[:-3], n)
 
 
 def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
-            plain: frozenset[str] | None = None, kernel: bool | None = None
-            ) -> InferenceWeights:
+            kernel: bool | None = None) -> InferenceWeights:
   """Training parameters -> `InferenceWeights` (a copy of the layer weights).
 
-  `kernel`: lay every matrix out for `cpu_matmul` (default `use_kernel`); otherwise
-  `plain`: the matrices stored plain, by default `plain_matrices(cfg)`.
-
-  Call it under `jax.jit`; fused weights keep the heads/mlp sharding of their
-  parts, so tensor parallelism carries over without communication.
+  `kernel`: lay every matrix out as `panels` for `cpu_matmul` (default `use_kernel`),
+  else plain. Call it under `jax.jit`, once per parameter version: on a mesh the copy
+  is resharded from the training layout to generation's (`rules`).
   """
   D, H, K, Hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   G, dt = H // K, cfg.jnp_dtype
   kernel = use_kernel(cfg, mesh) if kernel is None else kernel
-  if kernel:
-    if plain or cfg.jnp_dtype != jnp.float32 or not cpu_matmul.available():
-      raise ValueError(f"prepare(kernel=True) needs float32 (dtype is {cfg.dtype!r}), no plain "
-                       f"matrices (got {sorted(plain or ())}) and cpu_matmul.available()")
-    plain = frozenset()
-  elif plain is None:
-    plain = plain_matrices(cfg, mesh)
-  if kernel:
-    mat = lambda name, w: panels(w, cpu_matmul.WIDTH, exact=True)
-  else:
-    mat = lambda name, w: w if name in plain else panels(w)
+  if kernel and (cfg.jnp_dtype != jnp.float32 or not cpu_matmul.available()):
+    raise ValueError(f"prepare(kernel=True) needs float32 (dtype is {cfg.dtype!r}) and "
+                     "cpu_matmul.available()")
+  put = lambda name, w: (panels(w) if kernel and name in MATRICES
+                         else constrain(w, _AXES[name], cfg, mesh))
   stacked = params["layers"]
   layers = []
   for i in range(cfg.num_layers):
@@ -185,38 +151,36 @@ def prepare(cfg: ModelConfig, params: Any, mesh: Mesh | None = None,
     wqkv = jnp.concatenate([p["wq"].reshape(D, K, G, Hd), p["wk"][:, :, None],
                             p["wv"][:, :, None]], axis=2)
     w = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
-         "wqkv": mat("wqkv", wqkv.reshape(D, K, (G + 2) * Hd).astype(dt)),
-         "wo": mat("wo", p["wo"].reshape(H * Hd, D).astype(dt)),
-         "w_gu": mat("w_gu", jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dt)),
-         "w_down": mat("w_down", p["w_down"].astype(dt))}
+         "wqkv": wqkv.reshape(D, K, (G + 2) * Hd).astype(dt),
+         "wo": p["wo"].reshape(H * Hd, D).astype(dt),
+         "w_gu": jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dt),
+         "w_down": p["w_down"].astype(dt)}
     if cfg.qkv_bias:
       w["bqkv"] = jnp.concatenate([p["bq"].reshape(K, G, Hd), p["bk"][:, None],
                                    p["bv"][:, None]], axis=1).astype(dt)
     if cfg.qk_norm:
       w["q_norm"], w["k_norm"] = p["q_norm"], p["k_norm"]
-    layers.append({k: constrain(v, (_PLAIN_AXES if k in plain else _LAYER_AXES)[k], mesh)
-                   for k, v in w.items()})
-  head = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  head = mat("head", head.astype(dt))
-  head = constrain(head, ("embed", "vocab") if "head" in plain else ("vocab", "embed", "vocab"),
-                   mesh)
-  return InferenceWeights(cfg=cfg, plain=frozenset(plain), kernel=kernel, embed=params["embed"],
+    layers.append({k: put(k, v) for k, v in w.items()})
+  head = (params["embed"].T if cfg.tie_embeddings else params["lm_head"]).astype(dt)
+  head = panels(head) if kernel else constrain(head, ("embed", "vocab"), cfg, mesh)
+  return InferenceWeights(cfg=cfg, kernel=kernel, embed=params["embed"],
                           final_norm=params["final_norm"], head=head, layers=tuple(layers))
 
 
-def constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
-  return tuple((constrain(k, K_AXES, mesh), constrain(v, V_AXES, mesh)) for k, v in cache)
+def constrain_cache(cache: Cache, cfg: ModelConfig, mesh: Mesh | None) -> Cache:
+  return tuple((constrain(k, K_AXES, cfg, mesh), constrain(v, V_AXES, cfg, mesh))
+               for k, v in cache)
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int, mesh: Mesh | None = None) -> Cache:
   N, K, Hd, dt = batch, cfg.num_kv_heads, cfg.head_dim, cfg.jnp_dtype
   return constrain_cache(tuple((jnp.zeros((N, K, Hd, slots), dt), jnp.zeros((N, K, slots, Hd), dt))
-                               for _ in range(cfg.num_layers)), mesh)
+                               for _ in range(cfg.num_layers)), cfg, mesh)
 
 
 def logits(w: InferenceWeights, h: jax.Array) -> jax.Array:
   """Final hidden states [..., D] -> float32 logits [..., V] (as `Decoder.logits`)."""
-  return matmul(h, w.head, w.cfg.vocab_size, "head" in w.plain, w.kernel).astype(jnp.float32)
+  return matmul(h, w.head, w.cfg.vocab_size, w.kernel).astype(jnp.float32)
 
 
 def forward(w: InferenceWeights, tokens: jax.Array, positions: jax.Array,
@@ -256,7 +220,7 @@ def _layer(w: InferenceWeights, p: dict[str, jax.Array], x, cos, sin, mask, ck, 
   G = H // K
   eps = cfg.rms_norm_eps
   h = dec.rms_norm(x, p["attn_norm"], eps)
-  mm = lambda x, name, n: matmul(x, p[name], n, name in w.plain, w.kernel)
+  mm = lambda x, name, n: matmul(x, p[name], n, w.kernel)
   qkv = mm(h, "wqkv", (G + 2) * Hd).reshape(N, T, K, G + 2, Hd)
   if cfg.qkv_bias:
     qkv = qkv + p["bqkv"]

@@ -3,12 +3,15 @@
 The host side of `core`: it pads prompts into length and batch buckets, places
 them on the mesh, runs one compiled generate program per bucket and brings the
 results back trimmed. Parameters are taken as they are (the training pytree on
-its training shardings); `prepare` makes the decode-friendly copy once when many
-calls share one parameter version (e.g. an environment rollout).
+its training shardings), and each call copies them into the decode layout inside
+its program; `prepare` makes that copy once per parameter version instead, for the
+callers that generate many batches from one version (evaluation, rollouts).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import weakref
 from typing import Any, Sequence
 
 import jax
@@ -94,7 +97,7 @@ class CompileCounter:
 # Module-level, so every Sampler shares one compilation cache.
 _generate = jax.jit(core.generate, static_argnums=(0,),
                     static_argnames=("cfg", "n", "slots", "pad_id", "mesh"))
-_prepare = jax.jit(inference.prepare, static_argnums=(0,), static_argnames=("mesh",))
+_prepare = jax.jit(inference.prepare, static_argnums=(0,), static_argnames=("mesh", "kernel"))
 _score = jax.jit(core.score, static_argnums=(0,), static_argnames=("num_targets",))
 
 
@@ -141,6 +144,10 @@ class Sampler:
       shd.check_model_fits(model_cfg, mesh)
     # Scoring runs the training graph (scan or not, as configured): same numerics as the loss.
     self.gdef = models.graphdef(model_cfg)
+    # Decided here, outside any jit trace: the first call builds the CPU kernel.
+    self.kernel = inference.use_kernel(model_cfg, mesh)
+    self._prepared: tuple[int, list[weakref.ref], InferenceWeights] | None = None
+    self._versions = itertools.count()
 
   # -- helpers --
   @property
@@ -166,8 +173,30 @@ class Sampler:
 
   # -- API --
   def prepare(self, params: Params) -> InferenceWeights:
-    """The decode-friendly copy of `params`; pass it to `generate` to skip the per-call copy."""
-    return _prepare(self.cfg, params, mesh=self.mesh)
+    """The decode-friendly copy of `params`, made once per parameter version.
+
+    A version is the parameter arrays themselves: while they live, later calls return
+    the same copy, so a loop of `generate(sampler.prepare(params), ...)` copies the
+    weights once, not per batch. One version is kept; it is dropped as soon as any of
+    its arrays is garbage collected (the sampler holds them only weakly), so no stale
+    copy outlives a training step's parameters.
+    """
+    leaves = jax.tree.leaves(params)
+    if self._prepared is not None:
+      _, refs, w = self._prepared
+      if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
+        return w
+    self._prepared = None  # free the old copy before making the new one
+    w = _prepare(self.cfg, params, mesh=self.mesh, kernel=self.kernel)
+    version = next(self._versions)
+    self._prepared = (version, [weakref.ref(x) for x in leaves], w)
+    for x in leaves:
+      weakref.finalize(x, self._forget, version)
+    return w
+
+  def _forget(self, version: int) -> None:
+    if self._prepared is not None and self._prepared[0] == version:
+      self._prepared = None
 
   def generate(self, params: Params | InferenceWeights, prompts: Sequence[Sequence[int]], *,
                sampling: SamplingConfig | None = None, max_new_tokens: int = 256,

@@ -357,8 +357,8 @@ class GRPOStage(loop.Stage):
     rollout = self.rollout(ctx)
     sums = np.zeros(5)  # reward, correct, malformed, length, count
     for batch in self.eval_batches():
-      comp = rollout(params, batch["tokens"], batch["mask"], jax.random.key(0), n=1,
-                     greedy=True)
+      comp = rollout(rollout.sampler.prepare(params), batch["tokens"], batch["mask"],
+                     jax.random.key(0), n=1, greedy=True)
       s = self.reward(self._texts(comp), batch["meta"])
       sums += [s.reward.sum(), s.correct.sum(), s.malformed.sum(), comp.lengths.sum(),
                len(s.reward)]
