@@ -167,6 +167,9 @@ def test_a_pretrained_model_writes_its_own_reflections():
 class FakeModel:
   """Generates a fixed completion; scores what it is asked, preferring `favourite`."""
 
+  def prepare(self, params):  # a real sampler prepares weights once
+    return params
+
   def __init__(self, tok, completion, favourite):
     self.tok, self.completion, self.favourite = tok, completion, favourite
     self.budgets, self.scored = [], []

@@ -55,6 +55,9 @@ class FakeCritic:
   Truncates completions to max_new_tokens as a real sampler does.
   """
 
+  def prepare(self, params):  # a real sampler prepares weights once
+    return params
+
   def __init__(self, tok, expert_of, skill, reasoning="I compare both with the task. " * 4):
     self.tok, self.expert_of, self.skill, self.reasoning = tok, expert_of, skill, reasoning
     self.max_new, self.scored = [], []
@@ -276,6 +279,9 @@ def test_results_files_carry_the_deltas(tmp_path):
 class FakeScorer:
   """Per-token log-probs: -2 each for continuations up to `short` tokens, else -1 each."""
 
+  def prepare(self, params):  # a real sampler prepares weights once
+    return params
+
   def __init__(self, short):
     self.short = short
 
@@ -301,6 +307,9 @@ def test_rank_modes_sum_or_length_normalise(tok):
 class FakeActor:
   """Greedy completions "Action: <text>" + EOS, cut at max_new_tokens as a sampler does,
   with its finish reason ("length" when cut)."""
+
+  def prepare(self, params):  # a real sampler prepares weights once
+    return params
 
   def __init__(self, tok, eos, text):
     self.tok, self.eos, self.text = tok, eos, text
