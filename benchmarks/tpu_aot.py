@@ -11,7 +11,7 @@ counts a scanned layer once) and the collectives. Ours also compiles the GRPO up
 The anchor is MaxText 0.2.5's `train_compile` (its `jit_and_compile`, patched to hand
 back the compiled step) in its own virtualenv, since it needs Python >= 3.12 and a
 newer jax/libtpu than ours:
-  /root/.pyenv/versions/3.12.1/bin/python -m venv benchmarks/.venv-maxtext
+  python3.12 -m venv benchmarks/.venv-maxtext   # any Python >= 3.12
   benchmarks/.venv-maxtext/bin/pip install "maxtext[tpu]==0.2.5"
 The last line is `hbm_ratio_vs_anchor=<ours / MaxText per-chip bytes>` for the IL step.
 """
