@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +51,18 @@ def measure_bandwidth(mib: int = 256, reps: int = 10) -> dict:
           "read_gb_s_best": x.nbytes / min(ts) / 1e9}
 
 
+def usable_cores() -> int:
+  """The cores this process may run on: its affinity mask where the OS has one
+  (Linux), else every core (macOS has no `sched_getaffinity`)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def cpu() -> dict:
   """The processor's name, widest vector extension and the cores this process may use."""
   info = {"model": platform.processor() or platform.machine(), "vectors": "?",
-          "cores": len(os.sched_getaffinity(0))}
+          "cores": usable_cores()}
   try:
     lines = open("/proc/cpuinfo").read().splitlines()
   except OSError:
@@ -77,6 +85,25 @@ def describe(machine: dict) -> str:
           f"fp32 2048^3 matmul peak "
           f"{machine['matmul_peak']['gflops']:.1f} GFLOP/s, "
           f"read bandwidth {machine['bandwidth']['read_gb_s']:.1f} GB/s")
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def interleaved(ours: Callable[[str], T], theirs: Callable[[], U] | None,
+                sandwich: bool = True) -> tuple[list[T], U | None]:
+  """Ours, theirs, ours: (ours' passes, theirs' result).
+
+  A shared machine's load drifts over the minutes one side takes, so ours is measured
+  on both sides of the other implementation and a slow window cannot favour either;
+  the caller combines the passes. `ours(label)` is called with "before" and "after",
+  or once with "ours" when there is no other side or `sandwich` is off (then after it).
+  """
+  passes = [ours("before")] if sandwich and theirs is not None else []
+  other = theirs() if theirs is not None else None
+  passes.append(ours("after" if passes else "ours"))
+  return passes, other
 
 
 def timed_steps(step: Callable, state: Any, steps: int, max_warmup: int) -> tuple[dict, Any]:

@@ -9,6 +9,13 @@ SHAPES = {  # as tunix_baseline.SHAPES
 }
 
 
+def matmul_weights(s: dict) -> tuple[int, int]:
+  """(the layers' matmul weights, the lm_head's): each does 2 FLOPs per weight per row."""
+  D, L, H, K, Dh, F, V = (s["hidden"], s["layers"], s["heads"], s["kv_heads"], s["head_dim"],
+                          s["intermediate"], s["vocab"])
+  return L * (D * (2 * H * Dh + 2 * K * Dh) + 3 * D * F), D * V
+
+
 def model_config(s: dict, scan_layers: bool = False) -> ModelConfig:
   """Tunix's Qwen3 at shape s: untied lm_head, float32 weights and compute."""
   return ModelConfig(

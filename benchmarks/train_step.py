@@ -74,8 +74,8 @@ from act_jax import params as params_lib  # noqa: E402
 from act_jax.losses import grpo  # noqa: E402
 from act_jax.sampling import CompileCounter  # noqa: E402
 from act_jax.stages import grpo as grpo_stage  # noqa: E402
-from machine import describe, measure_machine, timed_steps  # noqa: E402  (benchmarks/)
-from shapes import SHAPES, model_config  # noqa: E402  (benchmarks/, the script's dir)
+from machine import describe, interleaved, measure_machine, timed_steps  # noqa: E402  (benchmarks/)
+from shapes import SHAPES, matmul_weights, model_config  # noqa: E402  (benchmarks/, the script's dir)
 import tunix_venv  # noqa: E402  (benchmarks/)
 
 PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 8, 4, 64, 64
@@ -88,10 +88,8 @@ LOSS = grpo.GRPOConfig(eps_low=0.2, eps_high=0.2, beta=0.04, kl_estimator="k1",
 
 def flops_per_token(s: dict, T: int) -> int:
   """Tunix's model-FLOPs formula (see the module docstring)."""
-  D, L, H, K, Dh, F, V = (s["hidden"], s["layers"], s["heads"], s["kv_heads"], s["head_dim"],
-                          s["intermediate"], s["vocab"])
-  n_matmul = L * (D * (2 * H * Dh + 2 * K * Dh) + 3 * D * F) + D * V
-  return 6 * n_matmul + 12 * L * H * Dh * T
+  n_matmul = sum(matmul_weights(s))
+  return 6 * n_matmul + 12 * s["layers"] * s["heads"] * s["head_dim"] * T
 
 
 class Setup:
@@ -271,14 +269,9 @@ def main() -> None:
               f"{r['compiles_in_timed_regions']})", flush=True)
     return out
 
-  # Ours before and after Tunix, averaged: a shared machine's load drifts over the
-  # minutes one run takes.
-  passes = [measure_ours("before")] if args.sandwich and not args.skip_tunix else []
-  tunix = None
-  if not args.skip_tunix:
-    tunix = run_tunix(tunix_venv.python(args.tunix_venv), args.tunix_script.resolve(),
-                      args.shapes)
-  passes.append(measure_ours("after" if passes else "ours"))
+  run_theirs = None if args.skip_tunix else lambda: run_tunix(
+      tunix_venv.python(args.tunix_venv), args.tunix_script.resolve(), args.shapes)
+  passes, tunix = interleaved(measure_ours, run_theirs, args.sandwich)  # averaged below
   ours = {name: {kind: combine([p[name][kind] for p in passes]) for kind in passes[0][name]}
           for name in shapes}
   e2e = None
