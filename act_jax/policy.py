@@ -115,7 +115,7 @@ class ModelPolicy:
         owner.append(j)
     # At most batch_size rows per scoring program: it holds [rows, heads, T, T] float32
     # attention scores, and a reflection makes T up to `reflection_tokens` longer
-    # (all of 64 states' ~600 rows at once took the ee_sr evaluation to 14.6 GB).
+    # (64 states' ~600 rows in one program: gigabytes for even a tiny model).
     per_token = [x for i in range(0, len(prompts), self.batch_size)
                  for x in self.sampler.score(self.params, prompts[i:i + self.batch_size],
                                              conts[i:i + self.batch_size])]

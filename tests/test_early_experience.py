@@ -203,7 +203,7 @@ def test_a_reflecting_policy_acts_after_its_reflection(mode):
 
 def test_a_reflecting_policy_scores_its_long_rows_in_bounded_batches():
   """Every state's admissible actions are scored after its reflection: one program for
-  all of them held [rows, heads, T, T] attention scores, 14.6 GB for the embedded ee_sr."""
+  all of them holds [rows, heads, T, T] attention scores, gigabytes for a tiny model."""
   tok = WordTokenizer()
   model = FakeModel(tok, "Simon did not say that.\nAction:\ntake key", favourite="take key")
   sizes = []
