@@ -318,6 +318,9 @@ class Pipeline:
     return report["splits"]
 
   def write_results(self, evals: dict[str, dict[int, Any]]) -> dict[str, Any]:
+    """results.{json,md}, the plots, and (`pipeline.export`) each variant's model from
+    the run's first seed (`pipeline.first_seed`: a seed slice trained no other) in HF
+    format under export/; an export already there is kept."""
     order = [v for v in variants(self.c) if v in evals]
     doc = results_lib.write(self.dir, evals, order, extra={
         "config": json.loads(self.full_config.to_json_best_effort()),
@@ -326,7 +329,7 @@ class Pipeline:
     if self.c.pipeline.export:
       from act_jax.hf import save_pretrained
       for v in order:
-        src = chain_key(0, CHAINS[v])
+        src = chain_key(self.c.pipeline.get("first_seed", 0), CHAINS[v])
         dst = self.path("export", v)
         if not storage.exists(os.path.join(dst, "config.json")):
           save_pretrained(dst, self.params_of(self.path(src)), self.ctx.model_cfg,

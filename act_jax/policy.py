@@ -113,7 +113,12 @@ class ModelPolicy:
         prompts.append(p)
         conts.append(list(target) + [self._eos])
         owner.append(j)
-    per_token = self.sampler.score(self.params, prompts, conts) if prompts else []
+    # At most batch_size rows per scoring program: it holds [rows, heads, T, T] float32
+    # attention scores, and a reflection makes T up to `reflection_tokens` longer
+    # (64 states' ~600 rows in one program: gigabytes for even a tiny model).
+    per_token = [x for i in range(0, len(prompts), self.batch_size)
+                 for x in self.sampler.score(self.params, prompts[i:i + self.batch_size],
+                                             conts[i:i + self.batch_size])]
     reduce = np.mean if self.mode == "rank_mean" else np.sum
     scores = [float(reduce(x)) for x in per_token]
     best: dict[int, tuple[float, str]] = {}

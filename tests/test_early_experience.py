@@ -201,6 +201,22 @@ def test_a_reflecting_policy_acts_after_its_reflection(mode):
     assert model.scored == [prompt + tok(reflection)["input_ids"]] * 2
 
 
+def test_a_reflecting_policy_scores_its_long_rows_in_bounded_batches():
+  """Every state's admissible actions are scored after its reflection: one program for
+  all of them holds [rows, heads, T, T] attention scores, gigabytes for a tiny model."""
+  tok = WordTokenizer()
+  model = FakeModel(tok, "Simon did not say that.\nAction:\ntake key", favourite="take key")
+  sizes = []
+  score = model.score
+  model.score = lambda params, p, c: sizes.append(len(p)) or score(params, p, c)
+  xs = [rollout.PolicyInput(task="obey", history=(), observation=f"Simon says take key {i}",
+                            admissible=("take lamp", "take key", f"look {i}")) for i in range(3)]
+  pol = policy.ModelPolicy(model, None, tok, EMBEDDED, mode="rank", reflection_tokens=100,
+                           batch_size=4)
+  assert pol(xs) == ["take key"] * 3
+  assert sum(sizes) == 9 and max(sizes) <= 4
+
+
 # --- the pipeline ----------------------------------------------------------------------
 
 

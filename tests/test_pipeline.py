@@ -118,11 +118,18 @@ def test_more_seeds_or_a_seed_slice_train_only_the_new_seeds_and_evaluate_theta0
   per_seed = lambda v: res["variants"][v]["id"]["success_rate"]["per_seed"]
   assert len(per_seed("il")) == 2 and len(per_seed("prompt")) == 1
   # A slice of the seeds (another process): seed 2 alone, into the same run directory;
-  # θ0 is not evaluated again, and the whole run then reads all three seeds.
-  c.pipeline.update(dict(seeds=1, first_seed=2))
+  # θ0 is not evaluated again, and the whole run then reads all three seeds. Its
+  # export is its own seed's model (seed 0's is there, but not this process's).
+  shutil.rmtree(os.path.join(workdir, "export"))
+  c.pipeline.update(dict(seeds=1, first_seed=2, export=True))
   res = Pipeline(c, workdir).run()
   assert set(_step_ids(workdir)) - set(after) == {"s2/il", "s2/eval_il"}
   assert set(res["variants"]) == {"il"} and len(per_seed("il")) == 1
+  exported = params_lib.load(os.path.join(workdir, "export", "il"))[0]
+  for x, y in zip(jax.tree.leaves(exported),
+                  jax.tree.leaves(params_lib.load(os.path.join(workdir, "s2", "il"))[0])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  c.pipeline.export = False
   c.pipeline.update(dict(seeds=3, first_seed=0))
   res = Pipeline(c, workdir).run()
   assert len(per_seed("il")) == 3 and len(per_seed("prompt")) == 1
