@@ -420,12 +420,13 @@ def eval_program(ctx: loop.Context, config: ml_collections.ConfigDict, lengths: 
   T, C = lengths.prompt + lengths.action, lengths.action
   rows = sharding.batch_sharding(ctx.mesh)
   params = abstract(models.abstract_params(ctx.model_cfg), ctx.param_shardings)
-  return compile_program(
-      sampler_lib._score, (ctx.gdef, params, _with(_spec((batch_size, T), jnp.int32), rows),
-                           _with(_spec((batch_size, T), jnp.bool_), rows)),
-      kwargs=dict(num_targets=C), name="eval_score",
-      analytic_flops=forward_flops(ctx.model_cfg, batch_size * T, T),
-      analytic="2N+4LHDhT per token")
+  with sharding.under_mesh(ctx.mesh):  # as `Sampler.score` traces it
+    return compile_program(
+        sampler_lib._score, (ctx.gdef, params, _with(_spec((batch_size, T), jnp.int32), rows),
+                             _with(_spec((batch_size, T), jnp.bool_), rows)),
+        kwargs=dict(num_targets=C), name="eval_score",
+        analytic_flops=forward_flops(ctx.model_cfg, batch_size * T, T),
+        analytic="2N+4LHDhT per token")
 
 
 def programs(config: ml_collections.ConfigDict, ctx: loop.Context, lengths: Lengths,
