@@ -359,7 +359,9 @@ def grpo_programs(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Len
                              f"{prefix}_update", T)]
   if g.beta > 0:  # as GRPOStage.reference_logps jits it
     gdef, temp = ctx.gdef, g.temperature
-    ref = lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0]
+    ref = sharding.with_mesh(
+        lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0],
+        ctx.mesh)
     rows = sharding.batch_sharding(ctx.mesh)
     out.append(compile_program(
         ref, (abstract(models.abstract_params(ctx.model_cfg), ctx.param_shardings),
