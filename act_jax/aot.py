@@ -359,7 +359,9 @@ def grpo_programs(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Len
                              f"{prefix}_update", T)]
   if g.beta > 0:  # as GRPOStage.reference_logps jits it
     gdef, temp = ctx.gdef, g.temperature
-    ref = lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0]
+    ref = sharding.with_mesh(
+        lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0],
+        ctx.mesh)
     rows = sharding.batch_sharding(ctx.mesh)
     out.append(compile_program(
         ref, (abstract(models.abstract_params(ctx.model_cfg), ctx.param_shardings),
@@ -420,12 +422,13 @@ def eval_program(ctx: loop.Context, config: ml_collections.ConfigDict, lengths: 
   T, C = lengths.prompt + lengths.action, lengths.action
   rows = sharding.batch_sharding(ctx.mesh)
   params = abstract(models.abstract_params(ctx.model_cfg), ctx.param_shardings)
-  return compile_program(
-      sampler_lib._score, (ctx.gdef, params, _with(_spec((batch_size, T), jnp.int32), rows),
-                           _with(_spec((batch_size, T), jnp.bool_), rows)),
-      kwargs=dict(num_targets=C), name="eval_score",
-      analytic_flops=forward_flops(ctx.model_cfg, batch_size * T, T),
-      analytic="2N+4LHDhT per token")
+  with sharding.under_mesh(ctx.mesh):  # as `Sampler.score` traces it
+    return compile_program(
+        sampler_lib._score, (ctx.gdef, params, _with(_spec((batch_size, T), jnp.int32), rows),
+                             _with(_spec((batch_size, T), jnp.bool_), rows)),
+        kwargs=dict(num_targets=C), name="eval_score",
+        analytic_flops=forward_flops(ctx.model_cfg, batch_size * T, T),
+        analytic="2N+4LHDhT per token")
 
 
 def programs(config: ml_collections.ConfigDict, ctx: loop.Context, lengths: Lengths,

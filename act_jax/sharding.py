@@ -9,6 +9,7 @@ state donated.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any, Callable, Mapping, Sequence
@@ -202,10 +203,17 @@ def constrain_rows(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
 
 
+def under_mesh(mesh: Mesh | None) -> contextlib.AbstractContextManager:
+  """Traces under `mesh`'s abstract mesh (none: unchanged), so `constrain_rows` and
+  per-chip kernels (`decoder._splash_attention`) can name its axes."""
+  return (contextlib.nullcontext() if mesh is None
+          else jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
+
+
 def with_mesh(fn: Callable, mesh: Mesh) -> Callable:
-  """`fn` traced under `mesh`'s abstract mesh, so `constrain_rows` can name its axes."""
+  """`fn` traced `under_mesh(mesh)`."""
   def traced(*args, **kwargs):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    with under_mesh(mesh):
       return fn(*args, **kwargs)
   return traced
 

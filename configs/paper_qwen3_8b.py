@@ -40,7 +40,10 @@ def get_config():
   # The run takes its architecture from model_dir's config.json; without a checkpoint
   # (`python -m act_jax.aot` on any host) the published Qwen3-8B shape stands in.
   c.model_preset = "qwen3-8b"
-  c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True))
+  # Every model choice compiled both ways in docs/tpu_aot.md is named here, so the command
+  # line can override it (--config.model.attention=splash).
+  c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True, scan_layers=True,
+                      attention="xla"))
   c.mesh_preset = "tpu_v5p_64"
   # 1 correct / 0 wrong [V: "rewarded only for selecting correctly"]
   c.reward = config_lib.judgment_reward()

@@ -98,6 +98,22 @@ def test_one_chip_float32_sampler_leaves_the_cpu_kernel_out():
     assert cpu_matmul._TARGET not in hlo_stats.custom_calls(p.compiled.as_text()), p.name
 
 
+def test_splash_attention_compiles_for_tpu_per_chip():
+  """The Pallas splash kernel (`model.attention="splash"`) compiles through libtpu in the
+  train step and the scoring forward, run per chip (rows over fsdp, heads over tensor):
+  the kernel is in the program (and not in the XLA attention's)."""
+  config = tiny_config(attention="splash")
+  config.mesh = dict(data=1, fsdp=2, tensor=2)
+  ctx = aot.context(config, aot.topology_devices("v5e:2x2"))
+  xla = aot.programs(tiny_config(), aot.context(tiny_config(), ctx.mesh.devices.flat),
+                     aot.Lengths.of(config, 8), only=["il_step"])
+  for p in aot.programs(config, ctx, aot.Lengths.of(config, 8), only=["il_step", "eval_score"]):
+    calls = hlo_stats.custom_calls(p.compiled.as_text())
+    assert "tpu_custom_call" in calls, (p.name, calls)
+    assert aot.report(p, aot.chips.chip("TPU v5 lite"))["fits"]
+  assert not any("tpu_custom_call" in hlo_stats.custom_calls(p.compiled.as_text()) for p in xla)
+
+
 def test_an_oversized_program_is_refused_with_what_would_help():
   # ~26 GB of float32 embedding and head per chip over a 4-chip fsdp axis, > 16 GiB.
   config = tiny_config(hidden_size=32768, vocab_size=393216, num_heads=4, num_kv_heads=2,

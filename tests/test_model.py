@@ -82,6 +82,30 @@ def test_bf16_compute_is_close_to_fp32():
   assert float(jnp.abs(a - b).max()) < 0.1 * float(jnp.abs(a).max())
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # GQA 6/2 heads, MQA 4/1
+def test_dot_product_attention_matches_xla(arch):
+  """`jax.nn.dot_product_attention` gives the einsum path's logits at every real token,
+  with left and right padding in one batch."""
+  cfg = ARCHS[arch]
+  params = _random_params(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (3, 7), 0, cfg.vocab_size)
+  mask = jnp.asarray([[0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0], [1] * 7], bool)
+  a = _full(cfg, params, tokens, mask)
+  b = _full(dataclasses.replace(cfg, attention="dot_product"), params, tokens, mask)
+  assert float(jnp.abs(a).max()) > 1.0
+  np.testing.assert_allclose(np.asarray(b)[np.asarray(mask)], np.asarray(a)[np.asarray(mask)],
+                             atol=2e-5, rtol=1e-5)
+
+
+def test_splash_attention_refuses_a_packed_mask():
+  cfg = dataclasses.replace(ARCHS["qwen3"], attention="splash")
+  model = merge(graphdef(cfg), _random_params(cfg))
+  packed = jnp.ones((1, 5, 5), bool)
+  with pytest.raises(ValueError, match="config.model.attention='splash'"):
+    jax.eval_shape(model.hidden, jnp.zeros((1, 5), jnp.int32), jnp.zeros((1, 5), jnp.int32),
+                   packed)
+
+
 # Published parameter counts (HF model cards / safetensors metadata). Qwen3-1.7B ties its
 # embeddings; the Hub's 2,031,739,904 also counts the stored lm_head copy.
 PUBLISHED = {
@@ -108,6 +132,7 @@ def test_parameter_count_matches_published(name):
     (dict(num_heads=6, num_kv_heads=4), "config.model.num_heads"),
     (dict(rope_scaling={"rope_type": "yarn"}), "config.model.rope_scaling"),
     (dict(dtype="float16"), "config.model.dtype"),
+    (dict(attention="flash"), "config.model.attention"),
     (dict(hidden=3), "config.model: unknown field"),
 ])
 def test_bad_model_config_names_the_field(fields, match):

@@ -12,6 +12,10 @@ import jax.numpy as jnp
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# How the decoder computes attention (`decoder.attention`): XLA einsums over an explicit
+# mask, `jax.nn.dot_product_attention`, or the TPU Pallas splash kernel (TPU only;
+# causal + padding masks only).
+ATTENTION = ("xla", "dot_product", "splash")
 _ROPE_SCALING_TYPES = ("llama3",)
 
 
@@ -37,6 +41,7 @@ class ModelConfig:
   dtype: str = "float32"
   scan_layers: bool = True
   remat: bool = False
+  attention: str = "xla"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
@@ -47,6 +52,8 @@ class ModelConfig:
     _check(self.param_dtype in DTYPES, "param_dtype",
            f"{self.param_dtype!r} is not one of {tuple(DTYPES)}")
     _check(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {tuple(DTYPES)}")
+    _check(self.attention in ATTENTION, "attention",
+           f"{self.attention!r} is not one of {ATTENTION}")
     for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
               "num_heads", "num_kv_heads", "head_dim"):
       _check(getattr(self, f) > 0, f, f"must be positive, got {getattr(self, f)}")

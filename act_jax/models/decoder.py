@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from act_jax import sharding
 from act_jax.models.config import ModelConfig
@@ -132,9 +133,16 @@ def run_layers(cfg: ModelConfig, layer_params: dict[str, Any], x: jax.Array,
   if n == 0:
     return x
   cos, sin = rope_tables(positions, cfg)
-  T = x.shape[1]
-  attn_mask = (mask if mask.ndim == 3 else  # given: e.g. candidates packed after a prompt
-               jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :])  # [B,T,T]
+  if cfg.attention == "splash":  # the kernel builds its causal mask: keep [B, T]
+    if mask.ndim == 3:
+      raise ValueError("config.model.attention='splash' takes causal + padding masks only, "
+                       "not a [B, T, T] mask (packed candidates: loss.estimator='expected'); "
+                       "use 'xla' or 'dot_product'")
+    attn_mask = mask
+  else:
+    T = x.shape[1]
+    attn_mask = (mask if mask.ndim == 3 else  # given: e.g. candidates packed after a prompt
+                 jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :])  # [B,T,T]
 
   def layer(x, p):
     return sharding.constrain_rows(_layer(cfg, sharding.constrain_rows(x), p, cos, sin,
@@ -213,7 +221,7 @@ def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask):
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  attn = attention(q, k, v, mask)
+  attn = attention(cfg.attention, q, k, v, mask)
   x = x + dense(attn, w("wo"), contract=2)
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
   gate, up = dense(h, w("w_gate")), dense(h, w("w_up"))
@@ -221,8 +229,20 @@ def _layer(cfg: ModelConfig, x, p: dict[str, Any], cos, sin, mask):
   return x
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """Grouped-query attention; q [B,T,H,Hd], k/v [B,S,K,Hd], mask [B,T,S] bool."""
+def attention(impl: str, q: jax.Array, k: jax.Array, v: jax.Array,
+              mask: jax.Array) -> jax.Array:
+  """Grouped-query attention by `impl` (`ModelConfig.attention`); q [B,T,H,Hd], k/v
+  [B,S,K,Hd]; mask [B,T,S] bool, or [B,T] (which tokens are real) for "splash"."""
+  if impl == "xla":
+    return _xla_attention(q, k, v, mask)
+  if impl == "dot_product":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+  if impl == "splash":
+    return _splash_attention(q, k, v, mask)
+  raise ValueError(f"config.model.attention: unknown implementation {impl!r}")
+
+
+def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   B, T, H, Hd = q.shape
   K = k.shape[2]
   qg = q.reshape(B, T, K, H // K, Hd)
@@ -231,6 +251,41 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
   return out.reshape(B, T, H, Hd)
+
+
+_SPLASH_BLOCK = 128  # the kernel's default block: sequences are padded to a multiple
+
+
+def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, real: jax.Array) -> jax.Array:
+  """The TPU Pallas splash kernel, causal, with padding as segment ids (real 1, pad 0:
+  a real query sees only real keys). Under a mesh (`sharding.with_mesh`) it runs per
+  chip in a `shard_map`, rows over the batch axes and heads over `tensor`: XLA cannot
+  split a Pallas call, and would otherwise gather whole activations onto every chip."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  T = q.shape[1]
+  pad = -T % _SPLASH_BLOCK
+  seg = jnp.pad(real.astype(jnp.int32), ((0, 0), (0, pad)))
+  q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))).swapaxes(1, 2)
+             for a in (q, k, v))  # [B, heads, T + pad, Hd]
+  q = q * jnp.asarray(1 / math.sqrt(q.shape[-1]), q.dtype)
+
+  def per_chip(q, k, v, seg):
+    mask = splash.MultiHeadMask([splash.CausalMask((q.shape[2], q.shape[2]))] * q.shape[1])
+    kernel = splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+    return jax.vmap(lambda q, k, v, s: kernel(q, k, v, splash.SegmentIds(s, s)))(
+        q, k, v, seg)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    rows = tuple(a for a in sharding.BATCH if mesh.shape[a] > 1)
+    rows = rows if q.shape[0] % math.prod(mesh.shape[a] for a in rows) == 0 else ()
+    heads = "tensor" if k.shape[1] % mesh.shape["tensor"] == 0 else None
+    qkv = P(rows or None, heads, None, None)
+    per_chip = jax.shard_map(per_chip, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows or None)),
+                             out_specs=qkv, check_vma=False)
+  out = per_chip(q, k, v, seg)
+  return out.swapaxes(1, 2)[:, :T]
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

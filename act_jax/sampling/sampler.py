@@ -253,8 +253,9 @@ class Sampler:
     C = min(self.buckets.length(max(max(len(c) for c in continuations), 1)), T - 1)
     tokens, mask = left_pad(rows, T, self.buckets.batch(len(rows), self.batch_shards),
                             self.pad_id)
-    logp = to_host(_score(self.gdef, params, self._put(tokens), self._put(mask),
-                          num_targets=C))
+    with shd.under_mesh(self.mesh):
+      logp = to_host(_score(self.gdef, params, self._put(tokens), self._put(mask),
+                            num_targets=C))
     return [logp[i, C - len(c):] if len(c) else logp[i, :0]
             for i, c in enumerate(continuations)]
 

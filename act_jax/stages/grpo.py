@@ -330,8 +330,9 @@ class GRPOStage(loop.Stage):
       self._ref_params = self._load_reference(ctx, state)
       C = batch["completion_mask"].shape[1]
       gdef, temp = ctx.gdef, self.loss_cfg.temperature
-      self._ref_fn = jax.jit(lambda p, t, m: grpo_loss.completion_logprobs(
-          nnx.merge(gdef, p), t, m, C, temp)[0])
+      self._ref_fn = jax.jit(sharding.with_mesh(  # rows split, as in the train step
+          lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0],
+          ctx.mesh))
     dev = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, ctx.mesh)
     return host_rows(self._ref_fn(self._ref_params, dev["tokens"], dev["mask"]))
 
