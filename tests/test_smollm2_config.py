@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from act_jax import models, params as params_lib
 from act_jax.hf import save_pretrained
@@ -29,6 +30,7 @@ def tiny_model_dir(tmp_path) -> str:
   return str(out)
 
 
+@pytest.mark.slow  # 100 s of the default run's 797 s (quiet 2-core VM, --durations)
 def test_smollm2_cpu_config_runs_end_to_end_on_a_tiny_model(tmp_path):
   c = load("smollm2_twx", "cpu")
   c.pipeline.update(dict(model_dir=tiny_model_dir(tmp_path), seeds=1))
