@@ -24,6 +24,7 @@ sampled inputs: `act_jax.evaluation`.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -132,13 +133,6 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
   source = prefix_cache.attach(rows, "prompt_ids", frozen, model_cfg, cache_dir,
                                suffixes=suffixes, log=False)
   C = max(len(s) for s in suffixes)
-
-  @jax.jit
-  def answer_logp(top, tokens, mask, prefix, real):
-    logp, _ = grpo_loss.completion_logprobs(nnx.merge(gdef, top), tokens, mask, C,
-                                            prefix=prefix)
-    return jnp.sum(logp * real, axis=-1)
-
   if not pairs:
     return {"judgment_forced_accuracy": 0.0, "judgment_pairs": 0}
   table = np.zeros((len(suffixes), C), np.int32)
@@ -151,17 +145,32 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
     tokens = np.concatenate([np.repeat(b["tokens"], len(suffixes), 0), np.tile(table, (P, 1))], 1)
     mask = np.concatenate([np.repeat(b["mask"], len(suffixes), 0), np.tile(real, (P, 1))], 1)
     prefix = b["prefix"].reshape(P * len(suffixes), *b["prefix"].shape[2:])
-    lp.append(np.asarray(answer_logp(top, tokens, mask, prefix, np.tile(real, (P, 1))))
-              .reshape(P, len(suffixes)))
+    lp.append(np.asarray(_answer_logp(gdef, C, top, tokens, mask, prefix,
+                                      np.tile(real, (P, 1)))).reshape(P, len(suffixes)))
   lp = np.concatenate(lp).astype(np.float64)
   labels = [r["label"] for r in rows]
   first = np.asarray([l == letters[0] for l in labels])
   margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0])
+  by_order = {f"judgment_forced_accuracy_{l}": float(np.mean(
+      np.where(margin[first == (l == letters[0])] > 0, 1.0,
+               np.where(margin[first == (l == letters[0])] == 0, 0.5, 0.0))))
+      for l in letters[:2]}  # each order alone: a letter preference shows as a gap
   n = len(pairs)
   margin = margin.reshape(n, 2).mean(1)  # each pair's two orders (examples.both_orders)
   forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
   episodes = [_episode(r) for r in pairs]
   return {"judgment_forced_accuracy": float(forced.mean()),
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
+          **by_order,
           "first_letter_rate": float(np.mean(1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0])))),
           "judgment_pairs": n}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _answer_logp(gdef: nnx.GraphDef, width: int, top: Any, tokens: jax.Array,
+                 mask: jax.Array, prefix: jax.Array, real: jax.Array) -> jax.Array:
+  """Each (prompt, answer) row's answer log-probability above its cached prefix; at
+  module level so repeated evaluations (every `train.eval_every` steps) compile once."""
+  logp, _ = grpo_loss.completion_logprobs(nnx.merge(gdef, top), tokens, mask, width,
+                                          prefix=prefix)
+  return jnp.sum(logp * real, axis=-1)

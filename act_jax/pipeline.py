@@ -33,7 +33,7 @@ import copy
 import functools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -45,7 +45,7 @@ from act_jax.chains import (CHAINS, EARLY_EXPERIENCE, REFLECTING, SECTION, VARIA
 from act_jax.data import branches as branches_lib, builders, controls, replay as replay_lib
 from act_jax.data import early_experience as ee, examples, prefix_cache, steps as data_steps
 from act_jax.envs.pool import EnvPool
-from act_jax.envs.splits import make_pool
+from act_jax.envs.splits import make_pool, validation_split
 from act_jax.policy import GREEDY
 from act_jax.sampling import Sampler
 from act_jax.trainable import Trainable
@@ -236,12 +236,18 @@ class Pipeline:
     if section == "act":  # both A/B orders of every pair, in one batch (stages.critic)
       train = examples.both_orders([train[i] for i in range(len(train))], self.tok,
                                    data_steps.prompt_config(self.c))
-    # Only the critic evaluates while it trains: greedy judgments of held-out ID pairs.
-    held = (builders.load_source(self.local("datasets", "id"), "critic_pairs")
-            if section == "act" else None)
+    # Only the critic evaluates while it trains (every train.eval_every steps): on the
+    # validation split's pairs if the run has one (env.validation_per_game), else on
+    # held-out ID pairs, which may be watched but must not choose a setting.
+    val = validation_split(self.c) is not None
+    held = (builders.load_source(self.local("datasets", "validation" if val else "id"),
+                                 "critic_pairs") if section == "act" else None)
     answers = (examples.answer_ids(self.tok, data_steps.prompt_config(self.c))
                if section == "act" else None)
     trainable = Trainable.parse(sc.train.trainable, self.ctx.model_cfg.num_layers)
+    evaluate = (self.validation_forced_choice(held, trainable)
+                if val and held is not None and trainable.frozen_prefix
+                and sc.grpo.get("estimator") == "expected" else None)
     # A fixed input's frozen prefix is computed once: imitation examples, and the
     # expected critic's (prompt, answer) rows.
     if trainable.frozen_prefix and (section == "il" or sc.grpo.get("estimator") == "expected"):
@@ -253,10 +259,27 @@ class Pipeline:
     s = stages.make(section, sc, train_source=train, eval_source=held, reference=init,
                     detokenize=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
                     pad_id=self._pad(), answers=answers,
-                    action_ids=examples.action_ids(self.tok, data_steps.prompt_config(self.c)))
+                    action_ids=examples.action_ids(self.tok, data_steps.prompt_config(self.c)),
+                    evaluate=evaluate)
     loop.run(sc, out, s, init_params=init, ctx=self.ctx, replay=self.replay(sc, seed),
              label=os.path.relpath(out, self.dir))
     return f"{stage} seed {seed}"
+
+  def validation_forced_choice(self, pairs: Any, trainable: Trainable
+                               ) -> Callable[[Any], dict[str, float]]:
+    """params -> the answer-only critic's forced choice on every validation pair, both
+    A/B orders, from the frozen prefix's cache (`cached_eval.forced_choice`): what a
+    critic's learning rate, depth and step budget are chosen on. Metrics `val_*`."""
+    recs = [pairs[i] for i in range(len(pairs))]
+    pcfg = data_steps.prompt_config(self.c)
+
+    def evaluate(params: Any) -> dict[str, float]:
+      train, frozen = trainable.split(params)
+      r = cached_eval.forced_choice(self.ctx.gdef, trainable.top_model(train, frozen), frozen,
+                                    self.ctx.model_cfg, self.local("prefix_cache"), self.tok,
+                                    pcfg, recs)
+      return {f"val_{k}": float(v) for k, v in r.items() if np.isscalar(v)}
+    return evaluate
 
   def replay(self, sc: ml_collections.ConfigDict, seed: int) -> replay_lib.Replay | None:
     """The stage's replay of θ0's random-play *action* records (`data.replay`): the

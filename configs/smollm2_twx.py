@@ -33,7 +33,8 @@ def get_config(arg: str = "gpu"):
       export=not cpu))
   c.env = ml_collections.ConfigDict(dict(
       name="twx", games=["simonsays", "peckingorder"] if cpu else ["cookingworld", "twc", "coin"],
-      train_params={}, train_per_game=36 if cpu else 300, heldout_per_game=15 if cpu else 50,
+      train_params={}, train_per_game=72 if cpu else 300, heldout_per_game=25 if cpu else 50,
+      validation_per_game=14 if cpu else 0,  # the critic's settings are chosen on these
       max_steps=30, pool_size=2 if cpu else 4,
       env_kwargs=dict(observe_look_inventory=not cpu)))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=0))  # the model's own
@@ -47,23 +48,22 @@ def get_config(arg: str = "gpu"):
   c.reward = config_lib.judgment_reward()
   c.action_reward = config_lib.action_reward()
   top = "top:4" if cpu else "all"
-  if cpu:  # ~500 states and pairs, about one epoch per stage at batch 16
-    # dr_grpo: the un-normalised expectation docs/smollm2.md was measured with.
-    critic = config_lib.grpo(estimator="expected", advantage="dr_grpo", beta=0.0,
-                             group_size=2, max_new_tokens=8)
+  if cpu:  # ~1,000 states and pairs; the critic's lr, depth and steps: docs/smollm2.md
+    critic = config_lib.grpo(estimator="expected", beta=0.0, group_size=2, max_new_tokens=8)
     rl = config_lib.grpo(group_size=4, max_new_tokens=16, beta=0.0)
     steps, batch, lr = 31, 16, 3e-4
   else:
     critic = config_lib.grpo(group_size=8, max_new_tokens=512, beta=1e-3)
     rl = config_lib.grpo(group_size=8, max_new_tokens=512, beta=1e-3)
     steps, batch, lr = 300, 32, 1e-6
+  stage = config_lib.stage
   c.stages = ml_collections.ConfigDict(dict(
-      base=dict(steps=0, batch_size=8, lr=0.0, rollouts_per_game=0),  # imported, not trained
-      act=dict(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top,
-               grpo=critic),
-      il=dict(steps=steps, batch_size=batch, lr=lr if cpu else 1e-5, warmup_steps=3,
-              trainable=top),
-      rl=dict(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top, grpo=rl)))
+      base=stage(steps=0, batch_size=8, lr=0.0, rollouts_per_game=0),  # imported, not trained
+      act=stage(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top,
+                grpo=critic),
+      il=stage(steps=steps, batch_size=batch, lr=lr if cpu else 1e-5, warmup_steps=3,
+               trainable=top),
+      rl=stage(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top, grpo=rl)))
   c.eval = ml_collections.ConfigDict(dict(
       modes=("generate", "rank"), episodes_per_game=0 if cpu else 50,
       heldout_states=150 if cpu else 1000, critic_pairs=60 if cpu else 500,

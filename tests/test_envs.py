@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from act_jax.data.trajectory import read_jsonl
@@ -16,7 +17,8 @@ from act_jax.envs.java import ensure_java, java_version, parse_java_version
 from act_jax.envs.pool import EnvPool
 from act_jax.envs.sciworld import SW_VARIATIONS, sw_variations
 from act_jax.envs.splits import (DEFAULT_SPLITS, TWX_HARD_PARAMS, TWX_TRAIN_PARAMS, SplitSpec,
-                                 sciworld_splits, twx_splits)
+                                 data_splits, env_splits, sciworld_splits, twx_splits,
+                                 validation_split)
 from act_jax.envs.twx import GAME_PARAMS, TWX_GAMES, TWX_SEEDS, parse_params
 
 # Quick ScienceWorld tasks (short gold paths, ~1 s to load) on dev variations.
@@ -377,6 +379,25 @@ def test_split_semantics():
   assert [s.seed for s in tiny.episodes()] == [800, 801] * 3
   assert SplitSpec.from_dict(json.loads(json.dumps(tiny.to_dict()))) == tiny
   assert len(tw["train"].episodes(5)) == 15
+
+
+def test_validation_split_follows_train_and_overlaps_no_other_split():
+  c = ml_collections.ConfigDict(dict(env=dict(name="twx", games=["simonsays", "coin"],
+                                              train_per_game=5, validation_per_game=3)))
+  val = validation_split(c)
+  splits = env_splits(c)
+  assert [s.seed for s in val.episodes(3) if s.game == "coin"] == [5, 6, 7]
+  assert "validation" not in splits and set(data_splits(c)) == set(splits) | {"validation"}
+  trained = _keys(splits["train"].episodes(5))
+  for name, spec in splits.items():
+    if name != "train":
+      assert not _keys(val.episodes()) & _keys(spec.episodes()), name
+  assert not _keys(val.episodes()) & trained
+  c.env.validation_per_game = 0
+  assert validation_split(c) is None
+  c.env.update(dict(validation_per_game=796))
+  with pytest.raises(ValueError, match="validation_per_game=796"):
+    validation_split(c)
 
 
 def test_markdown_table():

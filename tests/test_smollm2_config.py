@@ -34,9 +34,10 @@ def tiny_model_dir(tmp_path) -> str:
 def test_smollm2_cpu_config_runs_end_to_end_on_a_tiny_model(tmp_path):
   c = load("smollm2_twx", "cpu")
   c.pipeline.update(dict(model_dir=tiny_model_dir(tmp_path), seeds=1))
-  c.env.update(dict(train_per_game=2, heldout_per_game=1))
+  c.env.update(dict(train_per_game=2, heldout_per_game=1, validation_per_game=1))
   for name in ("act", "il"):
     c.stages[name].update(dict(steps=2, batch_size=8))  # one row per fake device
+  c.stages.act.eval_every = 1
   c.eval.update(dict(heldout_states=6, critic_pairs=4))
   workdir = tmp_path / "run"
   Pipeline(c, str(workdir)).run()
@@ -45,6 +46,14 @@ def test_smollm2_cpu_config_runs_end_to_end_on_a_tiny_model(tmp_path):
                                   "act_blind"}
   assert {"act_shuffled - il", "il_w_act - act_blind"} <= set(res["deltas"])
   ev = json.loads((workdir / "s0" / "eval_il_w_act" / "eval.json").read_text())["splits"]
+  assert "validation" not in ev  # chosen on, never reported as a result
+  # Every critic step is evaluated on the validation pairs (both orders, forced choice).
+  val = json.loads((workdir / "trajectories" / "report.json").read_text())["validation"]
+  assert val["trajectories"] == 2  # one episode per game
+  rows = [json.loads(l) for l in open(workdir / "s0" / "act" / "metrics.jsonl")]
+  for r in rows:
+    assert 0 <= r["val_judgment_forced_accuracy"] <= 1 and 0 < r["val_first_letter_rate"] < 1
+    assert r["val_judgment_pairs"] > 0
   assert ev["id"]["next_action_states"] == 6 and ev["id"]["judgment_pairs"] == 4
   # The chain act -> il trained the top 4 layers only: the bottom 2 and the embeddings
   # are the imported model's, bit for bit.

@@ -28,7 +28,7 @@ from act_jax.data.report import DropLog
 from act_jax.data.states import trajectory_ids, trajectory_states
 from act_jax.data.trajectory import read_jsonl, write_jsonl
 from act_jax.envs import expert as expert_lib, rollout
-from act_jax.envs.splits import env_splits, make_pool
+from act_jax.envs.splits import data_splits, env_splits, make_pool
 
 
 def prompt_config(c: ml_collections.ConfigDict) -> prompts_lib.PromptConfig:
@@ -55,7 +55,7 @@ def check_imported_observations(c: ml_collections.ConfigDict) -> None:
 
 def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
   """Expert gold paths: the train split for training, the eval splits for held-out states."""
-  splits = env_splits(c)
+  splits = data_splits(c)
   report = {}
   check_imported_observations(c)
   imported = c.pipeline.get("trajectories")  # the user's expert data (public SFT sets)
@@ -64,7 +64,8 @@ def make_trajectories(c: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
   heldout = []
   with make_pool(c) as pool:
     for name, spec in splits.items():
-      n = c.env.train_per_game if name == "train" else c.env.heldout_per_game
+      n = {"train": c.env.train_per_game, "validation": spec.count}.get(
+          name, c.env.heldout_per_game)
       trajs, failures, _ = expert_lib.generate(pool, spec.episodes(n), progress=False)
       write_jsonl(os.path.join(out, f"{name}.jsonl"), trajs)
       write_jsonl(os.path.join(out, f"{name}.failures.jsonl"), failures)
@@ -115,7 +116,7 @@ def make_datasets(c: ml_collections.ConfigDict, out: str, traj_dir: str, tok_dir
   sample_fn = (build_lib.policy_sample_fn(c.pipeline.model_dir)
                if c.data.alternatives == "policy" else None)
   lines = []
-  for name in ["train"] + [s for s in env_splits(c) if s != "train"]:
+  for name in ["train"] + [s for s in data_splits(c) if s != "train"]:
     trajs = list(read_jsonl(os.path.join(traj_dir, f"{name}.jsonl")))
     rep = build_lib.build_datasets(trajs, tok, os.path.join(out, name), prompt_cfg=pcfg,
                                    alt_cfg=alt, max_state_tokens=c.data.max_state_tokens,

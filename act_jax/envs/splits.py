@@ -197,6 +197,30 @@ def env_splits(c: ml_collections.ConfigDict) -> dict[str, SplitSpec]:
   raise ValueError(f"config.env.name: unknown env {e.name!r}")
 
 
+def validation_split(c: ml_collections.ConfigDict) -> SplitSpec | None:
+  """`config.env.validation_per_game` episodes per game carved from the training fold,
+  right after the `train_per_game` ones: states to choose settings on (a learning rate,
+  a step budget) that neither training nor any evaluation split sees. None if unset."""
+  n = int(c.env.get("validation_per_game", 0) or 0)
+  if n <= 0:
+    return None
+  train = env_splits(c)["train"]
+  start = train.start + c.env.train_per_game
+  short = [g for g in train.games if len(train.seeds(g)) < c.env.train_per_game + n]
+  if short:
+    raise ValueError(f"config.env.validation_per_game={n}: the training fold of {short} has "
+                     f"fewer than config.env.train_per_game={c.env.train_per_game} + {n} "
+                     "episodes, so validation would overlap an evaluation split")
+  return train.with_(name="validation", distribution="id", start=start, count=n)
+
+
+def data_splits(c: ml_collections.ConfigDict) -> dict[str, SplitSpec]:
+  """Every split the data steps build: `env_splits` and, if configured, validation
+  (which evaluation never reads)."""
+  val = validation_split(c)
+  return {**env_splits(c), **({"validation": val} if val else {})}
+
+
 def make_pool(c: ml_collections.ConfigDict) -> EnvPool:
   """`config.env.pool_size` envs (JVMs) of `config.env.name`, stepped together."""
   return EnvPool(c.env.name, c.env.pool_size, **c.env.get("env_kwargs", {}))

@@ -29,7 +29,9 @@ class Inputs:
   (params, or `ctx -> params`); pad_id: the padding id of supervised batches; answers:
   the critic's answer strings as token ids by letter, EOS included (its `expected`
   estimator enumerates them); action_ids: an action -> its target's token ids, EOS
-  included, as IL writes it (the next-action stage's `expected` estimator).
+  included, as IL writes it (the next-action stage's `expected` estimator); evaluate:
+  params -> metrics, run every `train.eval_every` steps in place of the stage's own
+  held-out evaluation (the pipeline's validation forced choice for a critic).
   """
   train_source: Any = None
   eval_source: Any = None
@@ -38,6 +40,7 @@ class Inputs:
   pad_id: int = 0
   answers: Mapping[str, Sequence[int]] | None = None
   action_ids: Callable[[str], Sequence[int]] | None = None
+  evaluate: Callable[[Any], Mapping[str, float]] | None = None
 
 
 Constructor = Callable[[ml_collections.ConfigDict, Inputs], loop.Stage]

@@ -12,7 +12,7 @@ config is `config_lib.critic()`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -86,7 +86,9 @@ class CriticStage(grpo.GRPOStage):
                detokenize: grpo.Detokenize, eval_source: Any = None,
                reward: rewards.RewardFn | None = None,
                reference: grpo.Params | grpo.Reference | None = None,
-               answers: Mapping[str, Sequence[int]] | None = None):
+               answers: Mapping[str, Sequence[int]] | None = None,
+               evaluator: Callable[[grpo.Params], Mapping[str, float]] | None = None):
+    self.evaluator = evaluator
     super().__init__(config, train_source=train_source, detokenize=detokenize,
                      reward=reward or make_reward(config), eval_source=eval_source,
                      reference=reference)
@@ -99,6 +101,13 @@ class CriticStage(grpo.GRPOStage):
       if cached is not None and [list(a) for a in cached] != self.answers:
         raise ValueError(f"{self.name}: the prefix cache's answer rows {cached} are not "
                          f"the answers {self.answers} in the reward's letter order")
+
+  def evaluate(self, ctx: loop.Context, params: grpo.Params) -> dict[str, float]:
+    """The caller's evaluation if it gave one (`stages.Inputs.evaluate`), else greedy
+    judgments of the held-out pairs."""
+    if self.evaluator is not None:
+      return dict(self.evaluator(params))
+    return super().evaluate(ctx, params)
 
   def _check_answers(self, answers: Mapping[str, Sequence[int]] | None) -> list[list[int]]:
     """The answer ids in the reward's letter order, refused unless each one's text earns
@@ -138,4 +147,4 @@ class CriticStage(grpo.GRPOStage):
 def make_critic(config: ml_collections.ConfigDict, inputs: Inputs) -> CriticStage:
   return CriticStage(config, train_source=inputs.train_source, detokenize=inputs.detokenize,
                      eval_source=inputs.eval_source, reference=inputs.reference,
-                     answers=inputs.answers)
+                     answers=inputs.answers, evaluator=inputs.evaluate)
