@@ -67,7 +67,7 @@ def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> di
   """Every setting a stage's training reads: its whole `stage_config`, less what cannot
   change the trained model, so that no config change is silently ignored on rerun.
 
-  Left out: which runs and exports to make (`pipeline.variants/seeds/first_seed/export`),
+  Left out: which runs and exports to make (`pipeline.variants/seeds/first_seed/export/evaluate`),
   evaluation (`eval`), the other stages' sections, and the other GRPO stage's reward.
   """
   d = stage_config(c, stage, seed).to_dict()
@@ -75,7 +75,7 @@ def stage_fingerprint(c: ml_collections.ConfigDict, stage: str, seed: int) -> di
   if stage in SECTION:
     d["control"] = stage
   d.pop("eval", None)
-  for k in ("variants", "seeds", "first_seed", "export"):
+  for k in ("variants", "seeds", "first_seed", "export", "evaluate"):
     d["pipeline"].pop(k, None)
   for section, reader in (("reward", "act"), ("action_reward", "rl")):
     if SECTION.get(stage, stage) != reader:

@@ -187,6 +187,8 @@ class Pipeline:
                     stage, seed, self.path(prev), d),
                 config=stage_fingerprint(c, stage, seed))
           prev = key
+        if not c.pipeline.get("evaluate", True):
+          continue  # a settings sweep: the stages' own validation metrics are its result
         ev_key = f"s{seed}/eval_{v}"
         reflect = self._reflection_budget() if v in REFLECTING else 0
         st[ev_key] = run_step(
@@ -199,6 +201,8 @@ class Pipeline:
                     c.data.max_state_tokens, self._judgment_budget()]
             + ([{"reflection_tokens": reflect}] if reflect else []))
         evals[v][seed] = storage.read_json(self.path(ev_key, "eval.json"))["splits"]
+    if not c.pipeline.get("evaluate", True):
+      return {}
     return self.write_results({v: e for v, e in evals.items() if e})
 
   # -- training ---------------------------------------------------------------------

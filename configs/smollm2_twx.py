@@ -30,7 +30,8 @@ def get_config(arg: str = "gpu"):
       variants=("prompt,il,act,il_w_act,act_shuffled,act_blind" if cpu
                 else "prompt,il,rl,act,il_w_act,rl_w_act,act_shuffled,act_blind"),
       seeds=3, first_seed=0, model_dir="models/smollm2-135m-instruct", trajectories="",
-      export=not cpu))
+      export=not cpu,
+      evaluate=True))  # False: train only (a sweep reads the critic's validation metrics)
   c.env = ml_collections.ConfigDict(dict(
       name="twx", games=["simonsays", "peckingorder"] if cpu else ["cookingworld", "twc", "coin"],
       train_params={}, train_per_game=72 if cpu else 300, heldout_per_game=25 if cpu else 50,

@@ -18,8 +18,8 @@ for depth in $depths; do
     done
     python -m act_jax.main --config configs/smollm2_twx.py:cpu --workdir "$cell" \
       --config.pipeline.seeds=1 --config.pipeline.variants="$variant" \
+      --config.pipeline.evaluate=False \
       --config.stages.act.steps="$steps" --config.stages.act.eval_every=16 \
-      --config.stages.act.lr="$lr" --config.stages.act.trainable="top:$depth" \
-      --config.eval.cached="top:$depth"
+      --config.stages.act.lr="$lr" --config.stages.act.trainable="top:$depth"
   done
 done
