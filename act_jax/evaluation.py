@@ -155,13 +155,8 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
                      success_rate_per_unit=[int(e["success"]) for e in r["per_episode"]],
                      success_rate_unit_cluster=list(range(len(r["per_episode"]))))
         bar.update_to(bar.n, {"doing": f"{key} states"})
-        na = rollout.next_action_accuracy(pol, trajs[split], max_states=c.eval.heldout_states,
-                                          progress=bar.update)
-        entry.update(next_action_accuracy=na["accuracy"],
-                     next_action_accuracy_ci95=na["accuracy_ci95"],
-                     next_action_states=na["states"], next_action_episodes=na["episodes"],
-                     next_action_accuracy_per_unit=na["per_state"],
-                     next_action_accuracy_unit_cluster=na["per_state_episode"])
+        entry.update(next_action_entry(rollout.next_action_accuracy(
+            pol, trajs[split], max_states=c.eval.heldout_states, progress=bar.update)))
         if mode == "generate":  # this split's episodes and its held-out states
           keys = {spec.key for spec in eval_specs[split]}
           counts = [n for k, n in episode_counts.items() if k in keys]
@@ -178,6 +173,43 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
           {k: v for k, v in j.items() if k.startswith("judgment_") or k == "first_letter_rate"},
           judgment_pairs=j["pairs"], judgment_max_new_tokens=j["max_new_tokens"])
   return report
+
+
+def next_action_entry(na: dict[str, Any]) -> dict[str, Any]:
+  """eval.json's next-action fields from `rollout.next_action_accuracy`."""
+  return dict(next_action_accuracy=na["accuracy"], next_action_accuracy_ci95=na["accuracy_ci95"],
+              next_action_states=na["states"], next_action_episodes=na["episodes"],
+              next_action_accuracy_per_unit=na["per_state"],
+              next_action_accuracy_unit_cluster=na["per_state_episode"])
+
+
+def generated_next_action(c: ml_collections.ConfigDict, sampler: Sampler, params: Any,
+                          tokenizer: Any, traj_dir: str, desc: str = "eval"
+                          ) -> dict[str, dict[str, Any]]:
+  """`{"<split>[generate]": metrics}`: next-action accuracy of the policy's greedy
+  generation (the sampler) on up to `eval.heldout_states` held-out expert states per
+  split, with its parse and truncation counts. What a cached evaluation
+  (`act_jax.cached_eval`), which scores the expert's tokens by teacher forcing, adds
+  when `eval.modes` holds "generate": the action the model actually writes."""
+  pcfg = prompt_config(c)
+  train = list(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
+  trajs = {split: list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
+           for split in splits_lib.env_splits(c) if split != "train"}
+  budget = action_budget(c, train + [t for ts in trajs.values() for t in ts], tokenizer, pcfg)
+  pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode="generate",
+                    max_state_tokens=c.data.max_state_tokens,
+                    instruction=training_instruction(train), max_new_tokens=budget)
+  total = sum(min(len(rollout.expert_states(t)), c.eval.heldout_states) for t in trajs.values())
+  out = {}
+  with console.Progress(total, desc) as bar:
+    for split, t in trajs.items():
+      bar.update_to(bar.n, {"doing": f"{split} states (generate)"})
+      entry = next_action_entry(rollout.next_action_accuracy(
+          pol, t, max_states=c.eval.heldout_states, progress=bar.update))
+      entry.update(generation_counts(pol.take_counts().values()), policy_mode="generate",
+                   action_max_new_tokens=budget)
+      out[f"{split}[generate]"] = entry
+  return out
 
 
 def critic_pairs(split_dir: str, k: int) -> list[dict[str, Any]] | None:

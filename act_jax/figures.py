@@ -28,6 +28,9 @@ CURVE_PANELS = (
     ("accuracy", ("eval_accuracy", "forced_accuracy"), "all", (0.0, 1.0)),
     ("answer mass", ("answer_mass",), "all", (0.0, 1.0)),
     ("first-letter rate", ("first_letter_rate",), "all", (0.0, 1.0)),
+    ("validation forced choice (both orders)", ("val_judgment_forced_accuracy",), "all",
+     (0.0, 1.0)),
+    ("validation first-letter rate", ("val_first_letter_rate",), "all", (0.0, 1.0)),
 )
 _GRPO_KEYS = ("reward", "expected_reward")
 SMOOTH = 10  # curves are drawn as running means over this many logged steps

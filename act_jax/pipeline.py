@@ -336,6 +336,10 @@ class Pipeline:
       report = cached_eval.evaluate(self.c, params, self.tok, self.ctx.gdef,
                                     self.ctx.model_cfg, self.local("datasets"),
                                     self.local("prefix_cache"))
+      if "generate" in evaluation.eval_modes(self.c):  # what the model writes, too
+        report["splits"].update(evaluation.generated_next_action(
+            self.c, self.sampler, params, self.tok, self.local("trajectories"),
+            desc=os.path.relpath(out, self.dir)))
     else:
       report = evaluation.evaluate(self.c, self.sampler, params, self.tok, self.pool,
                                    self.local("trajectories"), self.local("datasets"),

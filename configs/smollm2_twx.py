@@ -66,8 +66,10 @@ def get_config(arg: str = "gpu"):
                trainable=top),
       rl=stage(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top, grpo=rl)))
   c.eval = ml_collections.ConfigDict(dict(
-      modes=("generate", "rank"), episodes_per_game=0 if cpu else 50,
-      heldout_states=150 if cpu else 1000, critic_pairs=60 if cpu else 500,
+      # cpu: teacher-forced next action and forced choice from the cache, and the
+      # greedy generated next action on every held-out state (`<split>[generate]`)
+      modes=("generate",) if cpu else ("generate", "rank"), episodes_per_game=0 if cpu else 50,
+      heldout_states=350 if cpu else 1000, critic_pairs=200 if cpu else 500,
       cached=top if cpu else None))
   c.checkpoint.async_save = False
   return c

@@ -47,6 +47,9 @@ def test_smollm2_cpu_config_runs_end_to_end_on_a_tiny_model(tmp_path):
   assert {"act_shuffled - il", "il_w_act - act_blind"} <= set(res["deltas"])
   ev = json.loads((workdir / "s0" / "eval_il_w_act" / "eval.json").read_text())["splits"]
   assert "validation" not in ev  # chosen on, never reported as a result
+  gen = ev["id[generate]"]  # what the model writes, beside the teacher-forced match
+  assert gen["next_action_states"] == 6 and gen["generated_actions"] == 6
+  assert gen["next_action_accuracy"] == np.mean(gen["next_action_accuracy_per_unit"])
   # Every critic step is evaluated on the validation pairs (both orders, forced choice).
   val = json.loads((workdir / "trajectories" / "report.json").read_text())["validation"]
   assert val["trajectories"] == 2  # one episode per game
