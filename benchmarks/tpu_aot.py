@@ -44,8 +44,12 @@ MAXTEXT_ATTENTION = {"splash": "flash", "xla": "dot_product"}
 
 
 def versions() -> str:
-  """The packages that compiled a side: its XLA is jaxlib's, the TPU backend libtpu's."""
-  return " ".join(f"{p} {metadata.version(p)}" for p in ("jax", "jaxlib", "libtpu"))
+  """The packages that compiled a side (its XLA is jaxlib's, the TPU compiler libtpu's),
+  and whether the libtpu.so loaded (TPU_LIBRARY_PATH, set on import) is this venv's."""
+  loaded = os.environ.get("TPU_LIBRARY_PATH")
+  own = not loaded or Path(loaded).resolve().is_relative_to(Path(sys.prefix).resolve())
+  return (" ".join(f"{p} {metadata.version(p)}" for p in ("jax", "jaxlib", "libtpu"))
+          + ("" if own else " (but ANOTHER venv's libtpu.so loaded)"))
 
 
 def summary(compiled, chips: int) -> dict:
@@ -117,9 +121,9 @@ def run_side(python: Path, side: str, a: argparse.Namespace) -> dict:
            "--topology", a.topology, "--batch-per-chip", str(a.batch_per_chip),
            "--seq", str(a.seq), "--attention", a.attention, "--skip-grpo"]
     print(f"[{side}]", " ".join(cmd), flush=True)
-    # jax 0.12's Pallas writes kernel debug locations that libtpu 0.0.52 refuses in our
-    # splash call ("no such field: 'debug_locations'"); they change no code.
-    env = {**os.environ, "JAX_MOSAIC_UNZIP_DEBUG_LOCATIONS": "false"}
+    # Importing libtpu sets TPU_LIBRARY_PATH to this interpreter's libtpu.so: the other
+    # venv's jax must load its own (else jax 0.12 runs our libtpu 0.0.42.1).
+    env = {k: v for k, v in os.environ.items() if k != "TPU_LIBRARY_PATH"}
     subprocess.run(cmd, check=True, env=env)
     return json.loads(out.read_text())
 
