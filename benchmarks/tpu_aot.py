@@ -1,7 +1,7 @@
 """Our Qwen3-8B train step beside MaxText's, both compiled ahead of time for one TPU slice.
 
   python benchmarks/tpu_aot.py [--topology v5p:4x4x4] [--batch-per-chip 1] [--seq 4096]
-      [--attention splash|xla] [--same-compiler] [--skip-grpo]
+      [--attention splash|xla] [--same-compiler] [--skip-grpo] [--out rows.json]
 
 Same model (Qwen3-8B, float32 weights and Adam moments, bfloat16 compute, full remat,
 scanned layers), same global batch (`--batch-per-chip` x chips rows of `--seq` tokens,
