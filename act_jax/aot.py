@@ -340,9 +340,13 @@ def il_program(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Length
 
 
 def grpo_programs(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Lengths,
-                  prefix: str, batch_size: int | None = None) -> list[Program]:
-  """The GRPO update on B prompts x G samples, and its reference log-prob pass."""
+                  prefix: str, batch_size: int | None = None,
+                  only: Sequence[str] | None = None) -> list[Program]:
+  """The GRPO update on B prompts x G samples, and its reference log-prob pass (when
+  beta > 0); with `only`, just those of the two named there (each is minutes to
+  compile at 8B)."""
   from act_jax.stages import grpo as grpo_stage
+  want = lambda n: only is None or n in only
   g = config_lib.GRPOSection.from_config(sc.grpo, f"config.stages.{prefix}.grpo")
   if g.estimator != "grpo":
     raise ValueError(f"config.stages.{prefix}.grpo.estimator={g.estimator!r}: only the "
@@ -355,9 +359,11 @@ def grpo_programs(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Len
            "old_logps": _spec((N, C), jnp.float32), "advantages": _spec((N,), jnp.float32)}
   if g.beta > 0:
     batch["ref_logps"] = _spec((N, C), jnp.float32)
-  out = [_train_step_program(ctx, sc, "grpo", loss_cfg, g.updates_per_batch, batch,
-                             f"{prefix}_update", T)]
-  if g.beta > 0:  # as GRPOStage.reference_logps jits it
+  out = []
+  if want(f"{prefix}_update"):
+    out.append(_train_step_program(ctx, sc, "grpo", loss_cfg, g.updates_per_batch, batch,
+                                   f"{prefix}_update", T))
+  if g.beta > 0 and want(f"{prefix}_ref_logps"):  # as GRPOStage.reference_logps jits it
     gdef, temp = ctx.gdef, g.temperature
     ref = sharding.with_mesh(
         lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0],
@@ -443,17 +449,18 @@ def programs(config: ml_collections.ConfigDict, ctx: loop.Context, lengths: Leng
     out.append(il_program(ctx, scs["il"], lengths, batch_size))
   seen: dict[str, str] = {}
   for stage, prefix in (("act", "critic"), ("rl", "rl")):
-    if stage not in scs or not (want(f"{prefix}_update") or want(f"{prefix}_ref_logps")):
+    names = [n for n in (f"{prefix}_update", f"{prefix}_ref_logps") if want(n)]
+    if stage not in scs or not names:
       continue
     key = json.dumps([scs[stage].grpo.to_dict(), scs[stage].train.to_dict()], sort_keys=True,
                      default=str)
-    if key in seen:
-      for p in [p for p in out if p.name.startswith(seen[key] + "_")]:
-        out.append(dataclasses.replace(p, name=p.name.replace(seen[key], prefix, 1)))
-      continue
-    seen[key] = prefix
-    out += [p for p in grpo_programs(ctx, scs[stage], lengths, prefix, batch_size)
-            if want(p.name)]
+    done = {p.name: p for p in out}
+    twin = {n: done.get(n.replace(prefix, seen[key], 1)) for n in names} if key in seen else {}
+    out += [dataclasses.replace(p, name=n) for n, p in twin.items() if p is not None]
+    rest = [n for n in names if twin.get(n) is None]
+    if rest:
+      out += grpo_programs(ctx, scs[stage], lengths, prefix, batch_size, rest)
+    seen.setdefault(key, prefix)
   grpo_sc = scs.get("act") or scs.get("rl")
   if grpo_sc is not None and (want("prefill") or want("decode_step")):
     out += [p for p in sampler_programs(ctx, grpo_sc, lengths, batch_size) if want(p.name)]

@@ -98,6 +98,28 @@ def test_one_chip_float32_sampler_leaves_the_cpu_kernel_out():
     assert cpu_matmul._TARGET not in hlo_stats.custom_calls(p.compiled.as_text()), p.name
 
 
+@pytest.mark.parametrize("only, compiled", [
+    (["critic_update"], ["critic_update"]),
+    (["rl_ref_logps"], ["rl_ref_logps"]),
+    (["critic_update", "rl_ref_logps"], ["critic_update", "rl_ref_logps"]),
+    (["critic_update", "rl_update"], ["critic_update"]),  # the RL update equals the critic's
+])
+def test_only_the_requested_grpo_programs_are_compiled(monkeypatch, only, compiled):
+  """`--programs` names what is compiled: an 8B reference pass is minutes of compile."""
+  names = []
+
+  def record(fn, args, *, name="program", **kwargs):
+    names.append(name)
+    return aot.Program(name, None, 0.0, 0.0, "", 1)
+
+  monkeypatch.setattr(aot, "compile_program", record)
+  config = tiny_config()
+  ctx = aot.context(config, aot.topology_devices("v5e:2x2"))
+  got = aot.programs(config, ctx, aot.Lengths.of(config, 8), only=only)
+  assert sorted(p.name for p in got) == sorted(only)
+  assert names == compiled
+
+
 def test_splash_attention_compiles_for_tpu_per_chip():
   """The Pallas splash kernel (`model.attention="splash"`) compiles through libtpu in the
   train step and the scoring forward, run per chip (rows over fsdp, heads over tensor):
