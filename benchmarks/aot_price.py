@@ -1,5 +1,8 @@
 """The paper's stage budgets priced from `act_jax.aot` reports: a wall-time bound.
 
+Prints each program's row (docs/tpu_aot.md's columns), then the stages whose programs
+are all in the reports:
+
   python benchmarks/aot_price.py --config configs/paper_qwen3_8b.py \\
       docs/aot/v5p_base.json docs/aot/v5p_4x4x4_rest.json docs/aot/v5p_ref_logps_fixed.json
 
@@ -11,8 +14,9 @@ losses, and take every GRPO completion to run its whole `max_new_tokens`:
   il step    il_step
   GRPO step  <p>_update + <p>_ref_logps (beta > 0) + prefill + max_new_tokens x decode_step
 
-(p = critic for the act stage, rl for rl; rl falls back on the critic's rows when the
-two stages' GRPO and train settings are equal, as `act_jax.aot` then compiles them once).
+(p = critic for the act stage, rl for rl; rl takes the critic's rows when the two
+stages' GRPO and train settings are equal: `act_jax.aot` then compiles them once and
+copies its rows).
 A seed runs each distinct chain prefix of `pipeline.variants` once (`act_jax.chains`):
 the act stage shared by act, il_w_act and rl_w_act is run once.
 """
@@ -62,7 +66,7 @@ def step_seconds(config, stage: str, rows: dict[str, dict[str, Any]]) -> tuple[f
   prefix = {"act": "critic", "rl": "rl"}[stage]
   same = lambda a, b: (scs[a].grpo.to_dict() == scs[b].grpo.to_dict()
                        and scs[a].train.to_dict() == scs[b].train.to_dict())
-  if prefix == "rl" and "rl_update" not in rows and "act" in scs and same("act", "rl"):
+  if prefix == "rl" and "act" in scs and same("act", "rl"):
     prefix = "critic"
   g = scs[stage].grpo
   parts = [(f"{prefix}_update", t(f"{prefix}_update"))]
@@ -77,6 +81,21 @@ def step_seconds(config, stage: str, rows: dict[str, dict[str, Any]]) -> tuple[f
 
 def fmt(seconds: float) -> str:
   return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def program_row(r: dict[str, Any]) -> str:
+  """| program | mesh | GiB/chip (temp) | TFLOP/chip (/analytic) | coll GB: top two |
+  roofline ms (bound) | MFU |, as docs/tpu_aot.md's tables have them."""
+  m, mesh = r["per_chip_bytes"], "x".join(str(v) for v in r["mesh"].values())
+  top = sorted(((v["bytes"], k, v["count"]) for k, v in r["collectives"].items()
+                if v["count"]), reverse=True)[:2]
+  coll = f"{r['collective_bytes'] / 1e9:.1f}: " + ", ".join(
+      f"{k} {int(n)}x {b / 1e9:.1f}" for b, k, n in top)
+  ratio = f" ({r['flops_ratio']:.2f})" if r.get("flops_ratio") else ""
+  return (f"| {r['program']} | {mesh} | {m['total'] / 2**30:.2f} ({m['temp'] / 2**30:.2f}) "
+          f"of {r['hbm_bytes'] / 2**30:.0f} | {r['flops'] / 1e12:.1f}{ratio} | {coll} | "
+          f"{r['roofline']['step_s'] * 1e3:.0f} ({r['roofline']['bound']}) | "
+          f"{(r['mfu'] or 0):.0%} | {r['compile_s']:.0f} s |")
 
 
 def price(config, rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, float]]:
@@ -106,8 +125,17 @@ def main() -> None:
   rows = load_rows(a.reports)
   chips = {(r["topology"], r["chip"]) for r in rows.values()}
   print(f"{' / '.join(f'{t} ({c})' for t, c in sorted(chips))}")
-  print("| stage | steps | per step | wall (bound) |\n|---|---|---|---|")
-  for r in price(config, rows):
+  print("| program | mesh | GiB/chip (temp) of HBM | TFLOP/chip (/analytic) | coll GB/step: top "
+        "| roofline ms (bound) | MFU | compile |\n|---|---|---|---|---|---|---|---|")
+  for r in rows.values():
+    print(program_row(r))
+  try:
+    priced = price(config, rows)
+  except KeyError as e:
+    print(f"\nstages not priced: no {e.args[0]} row in the reports")
+    return
+  print("\n| stage | steps | per step | wall (bound) |\n|---|---|---|---|")
+  for r in priced:
     print("| " + " | ".join((*r[:3], fmt(r[3]))) + " |")
 
 
