@@ -489,10 +489,12 @@ def run(config: ml_collections.ConfigDict, topology_name: str, action_tokens: in
   return rows
 
 
-def find_batch(config: ml_collections.ConfigDict, topology_name: str, action_tokens: int = 64
-               ) -> dict[str, int]:
-  """Per stage, the largest per-chip batch (rows of the data batch's shards) whose
-  programs fit: doubling, then bisection, in multiples of the batch shards."""
+def find_batch(config: ml_collections.ConfigDict, topology_name: str, action_tokens: int = 64,
+               only: Sequence[str] | None = None) -> dict[str, int]:
+  """Per stage, the largest per-chip batch (rows of the data batch's shards; prompts for
+  the GRPO stages and the sampler) whose programs fit: doubling, then bisection, in
+  multiples of the batch shards. `only` (program names) searches just those programs'
+  stages, with just those programs: each search costs ~10 compiles."""
   devices = topology_devices(topology_name)
   ctx = context(config, devices)
   chip = chips.chip(devices[0].device_kind)
@@ -500,6 +502,9 @@ def find_batch(config: ml_collections.ConfigDict, topology_name: str, action_tok
   shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
   groups = {"il": ["il_step"], "act": ["critic_update", "critic_ref_logps"],
             "rl": ["rl_update", "rl_ref_logps"], "sampler": ["prefill", "decode_step"]}
+  if only:
+    groups = {s: [n for n in names if n in only] for s, names in groups.items()}
+    groups = {s: names for s, names in groups.items() if names}
 
   def fits(names, per_chip):
     try:
@@ -553,7 +558,7 @@ def main(argv: Sequence[str]) -> None:
           topology_devices(f.topology)[0].device_kind).source, "programs": rows}, fh, indent=1)
   if f.find_batch:
     print("largest per-chip batch that fits:", find_batch(f.config, f.topology,
-                                                          f.action_tokens))
+                                                          f.action_tokens, f.programs or None))
   bad = [r for r in rows if not r["fits"]]
   if bad:
     raise SystemExit("\n".join(fit_error(r) for r in bad))
@@ -567,7 +572,8 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Experiment config file.")
   flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x2, v5p:4x4x4, v6e:8x8.")
   flags.DEFINE_string("out", None, "Write the per-program JSON here.")
-  flags.DEFINE_bool("find_batch", False, "Also search the largest per-chip batch per stage.")
+  flags.DEFINE_bool("find_batch", False, "Also search the largest per-chip batch per stage "
+                    "(of the --programs named, if any).")
   flags.DEFINE_integer("action_tokens", 64, "Tokens of an action (IL targets, eval scoring).")
   flags.DEFINE_list("programs", [], "Compile only these programs (default: all).")
   flags.mark_flags_as_required(["config", "topology"])

@@ -175,3 +175,21 @@ def test_hlo_flops_count_every_iteration_of_a_scanned_loop():
   assert p.compiled.cost_analysis()["flops"] < per_chip / 2  # XLA: the body once
   coll = aot.collectives(p.compiled)
   assert coll["all-gather"]["count"] % L == 0 and coll["all-gather"]["count"] >= L
+
+
+def test_find_batch_bisects_to_the_largest_fitting_batch_of_the_named_programs(monkeypatch):
+  """The search over stub programs that fit up to 5 rows per batch shard (a limit the
+  compiler is not asked about): 5 for il, no other stage searched or compiled."""
+  config = tiny_config()
+  shards = 4  # v5e:2x2 under fsdp=-1
+  asked = []
+
+  def programs(config, ctx, lengths, only=None, batch_size=None):
+    asked.append((tuple(only), batch_size))
+    return [aot.Program(n, None, 0.0, 0.0, "", 4) for n in only]
+
+  monkeypatch.setattr(aot, "programs", programs)
+  monkeypatch.setattr(aot, "report", lambda p, chip: {"fits": asked[-1][1] <= 5 * shards})
+  assert aot.find_batch(config, "v5e:2x2", 8, only=["il_step"]) == {"il": 5}
+  assert {names for names, _ in asked} == {("il_step",)}
+  assert sorted(b // shards for _, b in asked) == [1, 2, 4, 5, 6, 8]

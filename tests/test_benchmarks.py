@@ -114,3 +114,24 @@ def test_the_table_sets_decode_with_and_without_prepare_against_tunix():
   assert "Tunix projects all 8x64 prompt positions" in out and "(1.63x)" in out
   no_tunix = sampler_bench.table({"small": {"greedy": ours}}, None)
   assert next(l for l in no_tunix.splitlines() if l.startswith("small")).count(" - ") >= 5
+
+
+def test_aot_price_sums_the_paper_stages_from_roofline_rows():
+  """The paper config: act once, il and rl twice per seed (act shared by its chains);
+  a GRPO step is update + reference pass + prefill + max_new_tokens decode steps, and
+  rl reuses the critic's rows (same GRPO settings)."""
+  import runpy
+  import aot_price
+  c = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1]
+                         / "configs" / "paper_qwen3_8b.py"))["get_config"]()
+  assert aot_price.stage_runs(c) == {"act": 1, "il": 2, "rl": 2}
+  step = {"il_step": 0.5, "critic_update": 2.0, "critic_ref_logps": 1.0, "prefill": 0.25,
+          "decode_step": 0.01}
+  rows = {k: {"roofline": {"step_s": v}} for k, v in step.items()}
+  out = {r[0]: r[3] for r in aot_price.price(c, rows)}
+  grpo = 2.0 + 1.0 + 0.25 + 1024 * 0.01
+  assert out["il"] == pytest.approx(640 * 0.5)
+  assert out["act"] == out["rl"] == pytest.approx(320 * grpo)
+  seed = 2 * 640 * 0.5 + 3 * 320 * grpo
+  assert out["one seed (act x1, il x2, rl x2)"] == pytest.approx(seed)
+  assert out["3 seeds"] == pytest.approx(3 * seed)
