@@ -5,8 +5,10 @@
 # choice, both A/B orders) every 16 steps (`val_*` in its s0/<variant>/metrics.jsonl).
 # The cells share DATA's finished data steps and prefix cache through symlinks, so this
 # runs on a local disk; run it after DATA has its datasets (any run of the same config).
+# A control variant (act_blind, act_shuffled) goes on to its IL stage after the critic;
+# stop it there if only the critic is wanted. `python` is the project's virtualenv's.
 #
-#   docs/smollm2_twx/sweep.sh DATA OUT STEPS "3e-5 1e-4 3e-4" "4 8" [act|act_blind|...]
+#   PATH=.venv/bin:$PATH docs/smollm2_twx/sweep.sh DATA OUT STEPS "3e-5 1e-4 3e-4" "4 8" [act|act_blind|...]
 set -euo pipefail
 data=$(realpath "$1"); out=$2; steps=$3; lrs=$4; depths=$5; variant=${6:-act}
 for depth in $depths; do

@@ -1,7 +1,7 @@
 """The critic sweep's curves (docs/smollm2.md): every cell's training and validation
 metrics on one figure, and its validation table as JSON.
 
-  python docs/smollm2_twx/sweep_figure.py SWEEP_DIR docs/smollm2_twx/sweep
+  PYTHONPATH=. python docs/smollm2_twx/sweep_figure.py SWEEP_DIR docs/smollm2_twx/sweep
 """
 import json
 import os
@@ -14,7 +14,9 @@ def main(sweep_dir: str, out: str) -> None:
   curves = {}
   for cell in sorted(os.listdir(sweep_dir)):
     for run, rows in results.read_curves(os.path.join(sweep_dir, cell)).items():
-      curves[f"{cell}/{run}"] = rows  # e.g. act_lr1e-4_top4/s0/act
+      if any("val_judgment_pairs" in r for r in rows):  # the critic's run, not a later IL
+        # "act_blind_lr3e-4_top4" -> "blind lr3e-4 top4"
+        curves[cell.removeprefix("act_").replace("_", " ")] = rows
   storage.makedirs(out)
   figures.plot_curves(os.path.join(out, "curves.png"), curves)
   table = {run: [{k: r[k] for k in r if k == "step" or k.startswith("val_")}

@@ -1,7 +1,7 @@
 """θ0's forced choice on the validation split, the reference the critic sweep is read
 against (docs/smollm2.md). On a workdir whose data steps have finished:
 
-  python docs/smollm2_twx/validation_theta0.py --config configs/smollm2_twx.py:cpu \
+  PYTHONPATH=. python docs/smollm2_twx/validation_theta0.py --config configs/smollm2_twx.py:cpu \
       --workdir WORKDIR [--config.stages.act.trainable=top:K]
 """
 import json
