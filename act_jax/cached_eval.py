@@ -151,13 +151,13 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
   labels = [r["label"] for r in rows]
   first = np.asarray([l == letters[0] for l in labels])
   margin = np.where(first, lp[:, 0] - lp[:, 1], lp[:, 1] - lp[:, 0])
-  by_order = {f"judgment_forced_accuracy_{l}": float(np.mean(
-      np.where(margin[first == (l == letters[0])] > 0, 1.0,
-               np.where(margin[first == (l == letters[0])] == 0, 0.5, 0.0))))
-      for l in letters[:2]}  # each order alone: a letter preference shows as a gap
+  score = lambda m: np.where(m > 0, 1.0, np.where(m == 0, 0.5, 0.0))
+  by_order = {f"judgment_forced_accuracy_{l}": float(score(margin[first == (l == letters[0])])
+                                                     .mean())
+              for l in letters[:2]}  # each order alone: a letter preference shows as a gap
   n = len(pairs)
-  margin = margin.reshape(n, 2).mean(1)  # each pair's two orders (examples.both_orders)
-  forced = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
+  # each pair's two orders (examples.both_orders), their margins averaged
+  forced = score(margin.reshape(n, 2).mean(1))
   episodes = [_episode(r) for r in pairs]
   return {"judgment_forced_accuracy": float(forced.mean()),
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),

@@ -69,7 +69,7 @@ def test_forced_choice_matches_full_model_answer_scores(setup, tmp_path):
                                   pcfg, pairs)
   # Reference: the full model's answer log-probs through the sampler, both orders.
   answers = examples.answer_ids(tok, pcfg)
-  right = []
+  right, by_order = [], {"A": [], "B": []}
   for r in pairs:
     swapped = tok(prompts.critic_prompt(tok, r["state"], r["action_b"], r["action_a"], pcfg),
                   add_special_tokens=False)["input_ids"]
@@ -79,5 +79,10 @@ def test_forced_choice_matches_full_model_answer_scores(setup, tmp_path):
     m1 = lp[0] - lp[1] if expert_first else lp[1] - lp[0]
     m2 = lp[3] - lp[2] if expert_first else lp[2] - lp[3]  # swapped: expert is the other
     right.append(1.0 if m1 + m2 > 0 else 0.0 if m1 + m2 < 0 else 0.5)
+    # each order alone, keyed by the letter the expert's action is shown under
+    by_order[r["label"]].append(float(m1 > 0))
+    by_order["B" if expert_first else "A"].append(float(m2 > 0))
   assert got["judgment_pairs"] == 8
   assert got["judgment_forced_accuracy"] == pytest.approx(np.mean(right))
+  for letter, hits in by_order.items():
+    assert got[f"judgment_forced_accuracy_{letter}"] == pytest.approx(np.mean(hits))
