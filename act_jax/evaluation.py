@@ -125,12 +125,8 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
   report: dict[str, Any] = {"splits": {}}
   splits = splits_lib.env_splits(c)
   eval_specs = splits_lib.eval_episodes(splits, c.eval.episodes_per_game)
-  train = list(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
-  instruction = training_instruction(train)
   modes = eval_modes(c)
-  trajs = {split: list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
-           for split in eval_specs}
-  budget = action_budget(c, train + [t for ts in trajs.values() for t in ts], tokenizer, pcfg)
+  trajs, instruction, budget = heldout_trajectories(c, tokenizer, traj_dir)
   pairs = {split: critic_pairs(os.path.join(datasets_dir, split), c.eval.critic_pairs)
            for split in splits if split != "train"}
   n_states = {split: min(len(rollout.expert_states(t)), c.eval.heldout_states)
@@ -175,6 +171,18 @@ def evaluate(c: ml_collections.ConfigDict, sampler: Sampler, params: Any, tokeni
   return report
 
 
+def heldout_trajectories(c: ml_collections.ConfigDict, tokenizer: Any, traj_dir: str
+                         ) -> tuple[dict[str, list[Any]], str, int]:
+  """Each held-out split's expert trajectories, the training instruction and the action
+  token budget: what a policy's evaluation reads from the trajectories step."""
+  train = list(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
+  trajs = {split: list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
+           for split in splits_lib.env_splits(c) if split != "train"}
+  budget = action_budget(c, train + [t for ts in trajs.values() for t in ts], tokenizer,
+                         prompt_config(c))
+  return trajs, training_instruction(train), budget
+
+
 def next_action_entry(na: dict[str, Any]) -> dict[str, Any]:
   """eval.json's next-action fields from `rollout.next_action_accuracy`."""
   return dict(next_action_accuracy=na["accuracy"], next_action_accuracy_ci95=na["accuracy_ci95"],
@@ -191,14 +199,10 @@ def generated_next_action(c: ml_collections.ConfigDict, sampler: Sampler, params
   split, with its parse and truncation counts. What a cached evaluation
   (`act_jax.cached_eval`), which scores the expert's tokens by teacher forcing, adds
   when `eval.modes` holds "generate": the action the model actually writes."""
-  pcfg = prompt_config(c)
-  train = list(read_jsonl(os.path.join(traj_dir, "train.jsonl")))
-  trajs = {split: list(read_jsonl(os.path.join(traj_dir, f"{split}.jsonl")))
-           for split in splits_lib.env_splits(c) if split != "train"}
-  budget = action_budget(c, train + [t for ts in trajs.values() for t in ts], tokenizer, pcfg)
-  pol = ModelPolicy(sampler, params, tokenizer, pcfg, mode="generate",
-                    max_state_tokens=c.data.max_state_tokens,
-                    instruction=training_instruction(train), max_new_tokens=budget)
+  trajs, instruction, budget = heldout_trajectories(c, tokenizer, traj_dir)
+  pol = ModelPolicy(sampler, params, tokenizer, prompt_config(c), mode="generate",
+                    max_state_tokens=c.data.max_state_tokens, instruction=instruction,
+                    max_new_tokens=budget)
   total = sum(min(len(rollout.expert_states(t)), c.eval.heldout_states) for t in trajs.values())
   out = {}
   with console.Progress(total, desc) as bar:
