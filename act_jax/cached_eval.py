@@ -163,7 +163,10 @@ def forced_choice(gdef: nnx.GraphDef, top: Any, frozen: Any, model_cfg: ModelCon
           "judgment_forced_accuracy_ci95": list(stats.cluster_bootstrap_ci(forced, episodes)),
           **by_order,
           "first_letter_rate": float(np.mean(1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0])))),
-          "judgment_pairs": n}
+          "judgment_pairs": n,
+          # each pair's outcome, in `pairs` order, for deltas paired by pair (results.py)
+          "judgment_forced_accuracy_per_unit": forced.tolist(),
+          "judgment_forced_accuracy_unit_cluster": episodes}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

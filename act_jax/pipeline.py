@@ -269,21 +269,28 @@ class Pipeline:
              label=os.path.relpath(out, self.dir))
     return f"{stage} seed {seed}"
 
-  def validation_forced_choice(self, pairs: Any, trainable: Trainable
-                               ) -> Callable[[Any], dict[str, float]]:
-    """params -> the answer-only critic's forced choice on every validation pair, both
-    A/B orders, from the frozen prefix's cache (`cached_eval.forced_choice`): what a
-    critic's learning rate, depth and step budget are chosen on. Metrics `val_*`."""
+  def forced_choice(self, pairs: Any, trainable: Trainable
+                    ) -> Callable[[Any], dict[str, Any]]:
+    """params -> the answer-only critic's forced choice on every pair of `pairs`, both
+    A/B orders, from the frozen prefix's cache (`cached_eval.forced_choice`), with each
+    pair's outcome (`*_per_unit`) for comparisons paired pair by pair."""
     recs = [pairs[i] for i in range(len(pairs))]
     pcfg = data_steps.prompt_config(self.c)
 
-    def evaluate(params: Any) -> dict[str, float]:
+    def evaluate(params: Any) -> dict[str, Any]:
       train, frozen = trainable.split(params)
-      r = cached_eval.forced_choice(self.ctx.gdef, trainable.top_model(train, frozen), frozen,
-                                    self.ctx.model_cfg, self.local("prefix_cache"), self.tok,
-                                    pcfg, recs)
-      return {f"val_{k}": float(v) for k, v in r.items() if np.isscalar(v)}
+      return cached_eval.forced_choice(self.ctx.gdef, trainable.top_model(train, frozen),
+                                       frozen, self.ctx.model_cfg, self.local("prefix_cache"),
+                                       self.tok, pcfg, recs)
     return evaluate
+
+  def validation_forced_choice(self, pairs: Any, trainable: Trainable
+                               ) -> Callable[[Any], dict[str, float]]:
+    """`forced_choice` on the validation pairs, its scalars as metrics `val_*`: what a
+    critic's learning rate, depth and step budget are chosen on."""
+    score = self.forced_choice(pairs, trainable)
+    return lambda params: {f"val_{k}": float(v) for k, v in score(params).items()
+                           if np.isscalar(v)}
 
   def replay(self, sc: ml_collections.ConfigDict, seed: int) -> replay_lib.Replay | None:
     """The stage's replay of θ0's random-play *action* records (`data.replay`): the

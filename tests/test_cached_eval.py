@@ -84,5 +84,7 @@ def test_forced_choice_matches_full_model_answer_scores(setup, tmp_path):
     by_order["B" if expert_first else "A"].append(float(m2 > 0))
   assert got["judgment_pairs"] == 8
   assert got["judgment_forced_accuracy"] == pytest.approx(np.mean(right))
+  assert got["judgment_forced_accuracy_per_unit"] == pytest.approx(right)  # pair by pair
+  assert got["judgment_forced_accuracy_unit_cluster"] == [f"g/{i // 2}" for i in range(8)]
   for letter, hits in by_order.items():
     assert got[f"judgment_forced_accuracy_{letter}"] == pytest.approx(np.mean(hits))

@@ -1,0 +1,84 @@
+"""The critics alone, on the same pairs (docs/smollm2.md, the critic study): forced choice
+over both A/B orders, each order alone and the first-letter rate, for θ0 and any trained
+critic stage, on the validation split and, with --splits, the held-out ones; each critic
+minus --reference, paired pair by pair (a bootstrap over episodes). On a workdir whose
+data steps have finished (the critics' stage directories may lie in other workdirs):
+
+  PYTHONPATH=. python docs/smollm2_twx/critic_eval.py --config configs/smollm2_twx.py:cpu \\
+      --workdir WORKDIR --critics theta0=WORKDIR/base,real=CELL/s0/act,blind=CELL2/s0/act_blind \\
+      --reference blind [--splits validation,id,ood_test_fold] [--out critics.json] \\
+      [--config.stages.act.trainable=top:K]
+
+All critics are scored with the act stage's trainable depth (its frozen prefix's cache),
+which must be at least the depth any of them was trained at.
+"""
+import json
+from typing import Sequence
+
+from absl import app, flags
+
+from act_jax import config_lib, evaluation, stats
+from act_jax.chains import stage_config
+from act_jax.data import builders
+from act_jax.pipeline import Pipeline
+from act_jax.trainable import Trainable
+
+flags.DEFINE_string("critics", None, "name=stage_dir,... (a stage directory holds a "
+                    "checkpoint; the workdir's base is θ0)", required=True)
+flags.DEFINE_string("reference", None, "the critic every other one is compared with")
+flags.DEFINE_list("splits", ["validation"], "validation and/or held-out env splits")
+flags.DEFINE_string("out", None, "write the report here as JSON too")
+
+
+def split_pairs(p: Pipeline, split: str) -> list:
+  """Every validation pair (what the sweep was read on), or the held-out pairs the
+  pipeline's own evaluation scores (`eval.critic_pairs`, evenly spaced)."""
+  if split == "validation":
+    src = builders.load_source(p.local("datasets", split), "critic_pairs")
+    return [src[i] for i in range(len(src))]
+  pairs = evaluation.critic_pairs(p.local("datasets", split), p.c.eval.critic_pairs)
+  if not pairs:
+    raise ValueError(f"--splits: {split!r} has no critic pairs under "
+                     f"{p.local('datasets', split)}")
+  return pairs
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  critics = dict(kv.split("=", 1) for kv in f.critics.split(","))
+  if f.reference is not None and f.reference not in critics:
+    raise ValueError(f"--reference={f.reference!r} is not one of --critics {list(critics)}")
+  p = Pipeline(f.config, f.workdir)
+  depth = stage_config(p.c, "act", 0).train.trainable
+  trainable = Trainable.parse(depth, p.ctx.model_cfg.num_layers)
+  scorers = {s: p.forced_choice(split_pairs(p, s), trainable) for s in f.splits}
+  report = {"trainable": depth, "critics": dict(critics), "splits": {}}
+  for name, stage_dir in critics.items():
+    params = p.params_of(stage_dir)
+    for split, score in scorers.items():
+      report["splits"].setdefault(split, {})[name] = score(params)
+      r = report["splits"][split][name]
+      print(f"{split:15s} {name:10s} {100 * r['judgment_forced_accuracy']:5.1f} "
+            f"[A {100 * r['judgment_forced_accuracy_A']:5.1f} / "
+            f"B {100 * r['judgment_forced_accuracy_B']:5.1f}] "
+            f"first-letter {r['first_letter_rate']:.2f}", flush=True)
+  if f.reference is not None:
+    for split, by_critic in report["splits"].items():
+      ref = by_critic[f.reference]
+      clusters = dict(enumerate(ref["judgment_forced_accuracy_unit_cluster"]))
+      units = lambda r: dict(enumerate(r["judgment_forced_accuracy_per_unit"]))
+      deltas = {name: stats.paired_outcome_deltas({0: units(r)}, units(ref), clusters)
+                for name, r in by_critic.items() if name != f.reference}
+      report.setdefault("deltas", {})[split] = {"reference": f.reference, **deltas}
+      for name, d in deltas.items():
+        print(f"{split:15s} {name} - {f.reference}: {100 * d['mean']:+.1f} "
+              f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]", flush=True)
+  if f.out:
+    with open(f.out, "w") as fh:
+      json.dump(report, fh, indent=1)
+
+
+if __name__ == "__main__":
+  config_lib.define_flags()
+  app.run(main)
