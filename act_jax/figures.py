@@ -101,8 +101,8 @@ def _save(plt: Any, fig: Any, path: str) -> None:
   plt.close(fig)
 
 
-def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str]
-                  ) -> None:
+def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str],
+                  title: str = "mean over seeds, 95% interval") -> None:
   """variants.png: one panel per metric held, variants as rows, splits side by side.
 
   A greedy judgment `results.no_answer` says was never given is not drawn (the
@@ -128,12 +128,14 @@ def plot_variants(path: str, variants: Mapping[str, Any], order: Sequence[str]
     ax.set_xlabel("%")
     ax.set_title(results.label(metric), fontsize=10)
   if metrics:
-    _finish(plt, fig, path, _legend_source(axes), "mean over seeds, 95% interval")
+    _finish(plt, fig, path, _legend_source(axes), title)
   else:
     plt.close(fig)
 
 
-def plot_deltas(path: str, paired: Mapping[str, Any]) -> None:
+def plot_deltas(path: str, paired: Mapping[str, Any],
+                title: str = "paired per-seed deltas, mean and 95% t-interval over seeds"
+                ) -> None:
   """deltas.png: a forest plot per metric, one row per pair, splits side by side."""
   pairs = list(paired)
   splits = sorted({s for p in pairs for s in paired[p]})
@@ -153,8 +155,7 @@ def plot_deltas(path: str, paired: Mapping[str, Any]) -> None:
     ax.set_xlim(max(-span, -105), min(span, 105))  # a difference of rates lies in ±100
     ax.set_xlabel("difference, points")
     ax.set_title(results.label(metric), fontsize=10)
-  _finish(plt, fig, path, _legend_source(axes),
-          "paired per-seed deltas, mean and 95% t-interval over seeds")
+  _finish(plt, fig, path, _legend_source(axes), title)
 
 
 def _legend_source(axes: Sequence[Any]) -> Any:

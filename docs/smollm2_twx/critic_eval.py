@@ -6,18 +6,20 @@ data steps have finished (the critics' stage directories may lie in other workdi
 
   PYTHONPATH=. python docs/smollm2_twx/critic_eval.py --config configs/smollm2_twx.py:cpu \\
       --workdir WORKDIR --critics theta0=WORKDIR/base,real=CELL/s0/act,blind=CELL2/s0/act_blind \\
-      --reference blind [--splits validation,id,ood_test_fold] [--out critics.json] \\
+      --reference blind [--splits validation,id,ood_test_fold] [--out DIR] \\
       [--config.stages.act.trainable=top:K]
 
 All critics are scored with the act stage's trainable depth (its frozen prefix's cache),
-which must be at least the depth any of them was trained at.
+which must be at least the depth any of them was trained at. --out DIR gets critics.json,
+critics.png (each critic's accuracy per split) and critic_deltas.png (the paired deltas).
 """
 import json
+import os
 from typing import Sequence
 
 from absl import app, flags
 
-from act_jax import config_lib, evaluation, stats
+from act_jax import config_lib, evaluation, figures, stats, storage
 from act_jax.chains import stage_config
 from act_jax.data import builders
 from act_jax.pipeline import Pipeline
@@ -27,7 +29,9 @@ flags.DEFINE_string("critics", None, "name=stage_dir,... (a stage directory hold
                     "checkpoint; the workdir's base is θ0)", required=True)
 flags.DEFINE_string("reference", None, "the critic every other one is compared with")
 flags.DEFINE_list("splits", ["validation"], "validation and/or held-out env splits")
-flags.DEFINE_string("out", None, "write the report here as JSON too")
+flags.DEFINE_string("out", None, "write critics.json and the two figures into this folder")
+METRIC = "judgment_forced_accuracy"
+WHAT = "seed 0; 95% interval: bootstrap over episodes"
 
 
 def split_pairs(p: Pipeline, split: str) -> list:
@@ -59,15 +63,14 @@ def main(argv: Sequence[str]) -> None:
     for split, score in scorers.items():
       report["splits"].setdefault(split, {})[name] = score(params)
       r = report["splits"][split][name]
-      print(f"{split:15s} {name:10s} {100 * r['judgment_forced_accuracy']:5.1f} "
-            f"[A {100 * r['judgment_forced_accuracy_A']:5.1f} / "
-            f"B {100 * r['judgment_forced_accuracy_B']:5.1f}] "
+      print(f"{split:15s} {name:10s} {100 * r[METRIC]:5.1f} "
+            f"[A {100 * r[METRIC + '_A']:5.1f} / B {100 * r[METRIC + '_B']:5.1f}] "
             f"first-letter {r['first_letter_rate']:.2f}", flush=True)
   if f.reference is not None:
     for split, by_critic in report["splits"].items():
       ref = by_critic[f.reference]
-      clusters = dict(enumerate(ref["judgment_forced_accuracy_unit_cluster"]))
-      units = lambda r: dict(enumerate(r["judgment_forced_accuracy_per_unit"]))
+      clusters = dict(enumerate(ref[METRIC + "_unit_cluster"]))
+      units = lambda r: dict(enumerate(r[METRIC + "_per_unit"]))
       deltas = {name: stats.paired_outcome_deltas({0: units(r)}, units(ref), clusters)
                 for name, r in by_critic.items() if name != f.reference}
       report.setdefault("deltas", {})[split] = {"reference": f.reference, **deltas}
@@ -75,8 +78,26 @@ def main(argv: Sequence[str]) -> None:
         print(f"{split:15s} {name} - {f.reference}: {100 * d['mean']:+.1f} "
               f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]", flush=True)
   if f.out:
-    with open(f.out, "w") as fh:
-      json.dump(report, fh, indent=1)
+    write(f.out, report, list(critics))
+
+
+def write(out: str, report: dict, order: list[str]) -> None:
+  """critics.json, and the critics' accuracy and paired deltas drawn as the results'
+  figures are (`figures.plot_variants`, `figures.plot_deltas`)."""
+  storage.makedirs(out)
+  storage.write_text(os.path.join(out, "critics.json"), json.dumps(report, indent=1))
+  variants = {name: {split: {METRIC: {"mean": by[name][METRIC],
+                                      "ci95": by[name][METRIC + "_ci95"]}}
+                     for split, by in report["splits"].items()} for name in order}
+  figures.plot_variants(os.path.join(out, "critics.png"), variants, order, WHAT)
+  paired = {}
+  for split, d in report.get("deltas", {}).items():
+    for name, delta in d.items():
+      if name != "reference":
+        paired.setdefault(f"{name} − {d['reference']}", {})[split] = {METRIC: delta}
+  if paired:
+    figures.plot_deltas(os.path.join(out, "critic_deltas.png"), paired,
+                        "forced choice, paired pair by pair; " + WHAT)
 
 
 if __name__ == "__main__":
