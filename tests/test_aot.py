@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("libtpu")
 
-from act_jax import aot, hlo_stats, models  # noqa: E402
+from act_jax import aot, hlo_stats, models, sharding  # noqa: E402
 from act_jax.sampling import cpu_matmul  # noqa: E402
 from configs import paper_qwen3_8b  # noqa: E402
 
@@ -192,7 +192,8 @@ def test_weights_split_over_a_whole_cube_are_all_gathered():
   weights with all-gathers (2 weights x 2 layers) and all-reduces only the loss; libtpu
   compiled the gathers as all-reduces of zero-padded buffers before the slice had its
   wraparound links (docs/tpu_aot.md, Anchor)."""
-  mesh = jax.sharding.Mesh(np.array(aot.topology_devices("v5p:4x4x4")), ("fsdp",))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1},
+                            aot.topology_devices("v5p:4x4x4"))  # in ICI order, as a run's
   sh = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
   L, T, D, F = 2, 512, 1024, 4096
   w = (jax.ShapeDtypeStruct((L, D, F), jnp.float32, sharding=sh(None, "fsdp")),
