@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -64,15 +65,33 @@ HELPFUL_FIELDS = ("mesh.fsdp / mesh.tensor (split params, moments and activation
 # --- Topologies and meshes ------------------------------------------------------------
 
 
+def wraparound(name: str) -> tuple[bool, bool, bool]:
+  """Which axes of slice `name` close into rings (ICI wraparound links), as real slices
+  have them: all three of a 3-D slice (v4, v5p) made of whole 4x4x4 cubes, the two of a
+  whole 16x16 v5e / v6e pod, none otherwise (MaxText's `accelerator_to_spec_map`).
+
+  Why: libtpu describes a slice without them unless told. Without them it cannot run an
+  all-gather over a whole cube as a ring: on v5p:4x4x4 with fsdp 64 every FSDP weight
+  gather compiled as an all-reduce of a zero-padded buffer (docs/tpu_aot.md, Anchor)."""
+  dims = [int(d) for d in re.findall(r"\d+", name.partition(":")[2])]
+  if len(dims) == 3 and all(d % 4 == 0 for d in dims):
+    return (True, True, True)
+  if dims == [16, 16]:
+    return (True, True, False)
+  return (False, False, False)
+
+
 @functools.lru_cache(maxsize=None)
 def topology(name: str) -> Any:
-  """The `TopologyDescription` of a TPU slice such as 'v5e:2x2' or 'v5p:2x2x2'."""
+  """The `TopologyDescription` of a TPU slice such as 'v5e:2x2' or 'v5p:2x2x2', with
+  its wraparound links (`wraparound`)."""
   from jax.experimental import topologies
   # A compile-only client touches no chip: it need not hold libtpu's one-process
   # lock (which any jax process started without JAX_PLATFORMS may be holding).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
-    return topologies.get_topology_desc(topology_name=name, platform="tpu")
+    return topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                        wrap=wraparound(name))
   except Exception as e:  # libtpu's errors carry no hint of the cause
     raise ValueError(f"--topology={name!r}: libtpu cannot describe it ({e}); it needs the "
                      "libtpu wheel (requirements-test.txt) and a name like v5e:2x2, "

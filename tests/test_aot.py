@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("libtpu")
 
-from act_jax import aot, hlo_stats, models  # noqa: E402
+from act_jax import aot, hlo_stats, models, sharding  # noqa: E402
 from act_jax.sampling import cpu_matmul  # noqa: E402
 from configs import paper_qwen3_8b  # noqa: E402
 
@@ -175,6 +175,40 @@ def test_hlo_flops_count_every_iteration_of_a_scanned_loop():
   assert p.compiled.cost_analysis()["flops"] < per_chip / 2  # XLA: the body once
   coll = aot.collectives(p.compiled)
   assert coll["all-gather"]["count"] % L == 0 and coll["all-gather"]["count"] >= L
+
+
+# MaxText 0.2.5's utils/accelerator_to_spec_map.py, `wrap` of v5p-128, v5p-768, v4-256,
+# v5p-64, v5p-16, v5e-256, v6e-64 and v5e-4.
+@pytest.mark.parametrize("name, wrap", [
+    ("v5p:4x4x4", (True,) * 3), ("v5p:4x8x12", (True,) * 3), ("v4:4x4x8", (True,) * 3),
+    ("v5p:2x4x4", (False,) * 3), ("v5p:2x2x2", (False,) * 3),
+    ("v5e:16x16", (True, True, False)), ("v6e:8x8", (False,) * 3), ("v5e:2x2", (False,) * 3)])
+def test_slices_have_the_wraparound_links_of_real_ones(name, wrap):
+  assert aot.wraparound(name) == wrap
+
+
+def test_weights_split_over_a_whole_cube_are_all_gathered():
+  """fsdp over all 64 chips of v5p:4x4x4: a scanned two-layer stack gathers each layer's
+  weights with all-gathers (2 weights x 2 layers) and all-reduces only the loss; libtpu
+  compiled the gathers as all-reduces of zero-padded buffers before the slice had its
+  wraparound links (docs/tpu_aot.md, Anchor)."""
+  mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1},
+                            aot.topology_devices("v5p:4x4x4"))  # in ICI order, as a run's
+  sh = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  L, T, D, F = 2, 512, 1024, 4096
+  w = (jax.ShapeDtypeStruct((L, D, F), jnp.float32, sharding=sh(None, "fsdp")),
+       jax.ShapeDtypeStruct((L, F, D), jnp.float32, sharding=sh(None, None, "fsdp")))
+  x = jax.ShapeDtypeStruct((64, T, D), jnp.bfloat16, sharding=sh("fsdp"))
+
+  def loss(w, x):
+    def layer(x, w):
+      h = jnp.einsum("btd,df->btf", x, w[0].astype(jnp.bfloat16))
+      y = x + jnp.einsum("btf,fd->btd", jax.nn.silu(h), w[1].astype(jnp.bfloat16))
+      return jax.lax.with_sharding_constraint(y, sh("fsdp")), None
+    return jnp.mean(jnp.square(jax.lax.scan(layer, x, w)[0].astype(jnp.float32)))
+
+  coll = aot.collectives(aot.compile_program(loss, (w, x)).compiled)
+  assert (coll["all-gather"]["count"], coll["all-reduce"]["count"]) == (2 * L, 1)
 
 
 def test_find_batch_bisects_to_the_largest_fitting_batch_of_the_named_programs(monkeypatch):
