@@ -31,9 +31,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -45,7 +47,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from act_jax import chips, config_lib, flops as flops_lib, hlo_stats, loop, models, presets
+from act_jax import chips, config_lib, flops as flops_lib, gpu_target, hlo_stats, loop, models
+from act_jax import presets
 from act_jax import sharding, step as step_lib
 from act_jax.losses import grpo as grpo_loss
 from act_jax.models import ModelConfig
@@ -66,8 +69,12 @@ HELPFUL_FIELDS = ("mesh.fsdp / mesh.tensor (split params, moments and activation
 
 @functools.lru_cache(maxsize=None)
 def topology(name: str) -> Any:
-  """The `TopologyDescription` of a TPU slice such as 'v5e:2x2' or 'v5p:2x2x2'."""
+  """The `TopologyDescription` of a TPU slice such as 'v5e:2x2' or 'v5p:2x2x2', or of
+  GPUs such as 'h100:1x1x8' (slices x hosts x GPUs per host; `act_jax.gpu_target`)."""
   from jax.experimental import topologies
+  kind, _, shape = name.partition(":")
+  if kind in gpu_target.TARGETS:
+    return gpu_topology(kind, shape)
   # A compile-only client touches no chip: it need not hold libtpu's one-process
   # lock (which any jax process started without JAX_PLATFORMS may be holding).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -76,7 +83,23 @@ def topology(name: str) -> Any:
   except Exception as e:  # libtpu's errors carry no hint of the cause
     raise ValueError(f"--topology={name!r}: libtpu cannot describe it ({e}); it needs the "
                      "libtpu wheel (requirements-test.txt) and a name like v5e:2x2, "
-                     "v5p:2x2x2 or v6e:8x8") from None
+                     "v5p:2x2x2 or v6e:8x8 (or a GPU one: "
+                     f"{', '.join(k + ':1x1x8' for k in gpu_target.TARGETS)})") from None
+
+
+def gpu_topology(kind: str, shape: str) -> Any:
+  """GPUs described by the CUDA plugin from `gpu_target`'s figures, no GPU attached."""
+  from jax.experimental import topologies
+  if not re.fullmatch(r"\d+x\d+x\d+", shape):
+    raise ValueError(f"--topology={kind}:{shape}: a GPU topology is SLICESxHOSTSxGPUS, "
+                     f"e.g. {kind}:1x1x8 (one 8-GPU host)")
+  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    raise ValueError(f"--topology={kind}:{shape}: jax's CUDA plugin is not importable; "
+                     "fetch it with benchmarks/cuda_plugin.sh and put its folder on "
+                     "PYTHONPATH (docs/tpu_aot.md, 'GPU without a GPU')")
+  return topologies.get_topology_desc(
+      platform="cuda", topology=shape,
+      target_config=gpu_target.target_config(gpu_target.target(kind)))
 
 
 def topology_devices(name: str) -> list[Any]:
