@@ -1,14 +1,18 @@
-"""Compile every program a run executes for a TPU slice this host does not have.
+"""Compile every program a run executes for a TPU slice or GPU node this host does not have.
 
   JAX_PLATFORMS=cpu python -m act_jax.aot --config configs/paper_qwen3_8b.py \\
       --topology v5p:4x4x4 [--config.x=y] [--out aot.json] [--find-batch]
+  PYTHONPATH=benchmarks/.cuda-plugin/site JAX_PLATFORMS=cpu python -m act_jax.aot \\
+      --config configs/paper_qwen3_8b.py --config.mesh_preset=gpu_8 --topology h100:1x1x8
 
 With the `libtpu` wheel installed, `jax.experimental.topologies` describes a real
 slice (chips, hosts, ICI coordinates) and XLA compiles for it on the CPU. The mesh is
 laid on the topology's chips by the code a run uses (`loop.build_context`), the
 parameters, optimiser state and batches are abstract (`ShapeDtypeStruct`s with their
 shardings: nothing is materialised), and each program is compiled exactly as the
-run jits it. Per program it reports per-chip memory against the chip's HBM, matmul
+run jits it. GPUs (`h100:SLICESxHOSTSxGPUS`) are described the same way by jax's
+CUDA plugin (`benchmarks/cuda_plugin.sh`, on PYTHONPATH) from `act_jax.gpu_target`.
+Per program it reports per-chip memory against the chip's HBM, matmul
 FLOPs against the analytic count (`act_jax.flops`), bytes accessed, the collectives
 of the optimised HLO, and a roofline step time (`act_jax.chips`). A program that
 does not fit is refused (`DoesNotFit`), and a run on TPUs does the same check
@@ -31,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -93,7 +96,7 @@ def gpu_topology(kind: str, shape: str) -> Any:
   if not re.fullmatch(r"\d+x\d+x\d+", shape):
     raise ValueError(f"--topology={kind}:{shape}: a GPU topology is SLICESxHOSTSxGPUS, "
                      f"e.g. {kind}:1x1x8 (one 8-GPU host)")
-  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+  if not gpu_target.plugin_available():
     raise ValueError(f"--topology={kind}:{shape}: jax's CUDA plugin is not importable; "
                      "fetch it with benchmarks/cuda_plugin.sh and put its folder on "
                      "PYTHONPATH (docs/tpu_aot.md, 'GPU without a GPU')")
@@ -576,9 +579,13 @@ def main(argv: Sequence[str]) -> None:
   rows = (run(f.config, f.topology, f.action_tokens, f.programs or None))
   print(table(rows))
   if f.out:
+    kind = f.topology.partition(":")[0]
+    target = ({"gpu_target_source": gpu_target.target(kind).source}
+              if kind in gpu_target.TARGETS else {})
     with open(f.out, "w") as fh:
       json.dump({"topology": f.topology, "chip_source": chips.chip(
-          topology_devices(f.topology)[0].device_kind).source, "programs": rows}, fh, indent=1)
+          topology_devices(f.topology)[0].device_kind).source, **target, "programs": rows},
+                fh, indent=1)
   if f.find_batch:
     print("largest per-chip batch that fits:", find_batch(f.config, f.topology,
                                                           f.action_tokens, f.programs or None))
@@ -593,7 +600,8 @@ if __name__ == "__main__":
   if not os.environ.get("JAX_PLATFORMS"):  # compile for the topology on this host's CPU
     jax.config.update("jax_platforms", "cpu")
   config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x2, v5p:4x4x4, v6e:8x8.")
+  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x2, v5p:4x4x4, v6e:8x8, or "
+                      "GPUs (slices x hosts x GPUs per host), e.g. h100:1x1x8.")
   flags.DEFINE_string("out", None, "Write the per-program JSON here.")
   flags.DEFINE_bool("find_batch", False, "Also search the largest per-chip batch per stage "
                     "(of the --programs named, if any).")

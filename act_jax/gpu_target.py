@@ -9,6 +9,7 @@ from the figures below, so a deviceless compile needs no file from elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,12 @@ TARGETS: dict[str, GpuTarget] = {
                "memory size, bandwidth and clock as XLA's h100_sxm.txtpb spec (openxla/xla "
                "xla/backends/gpu/target_config/specs) records them"),
 }
+
+
+def plugin_available() -> bool:
+  """Whether jax can load its CUDA plugin (registered at jax's start, from PYTHONPATH)."""
+  return (importlib.util.find_spec("jax_plugins") is not None
+          and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
 
 
 def target(name: str) -> GpuTarget:
