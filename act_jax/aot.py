@@ -227,12 +227,13 @@ def report(p: Program, chip: chips.Chip) -> dict[str, Any]:
   """The JSON row of one program."""
   text = p.compiled.as_text()
   mem = memory(p.compiled)
-  cost = p.compiled.cost_analysis() or {}
+  cost = p.compiled.cost_analysis() or {}  # None for a deviceless GPU program
   coll = hlo_stats.collectives(text)
   hlo_flops = hlo_stats.flops(text)
-  bytes_accessed = float(cost.get("bytes accessed", 0.0))
+  # XLA:GPU gives no cost analysis here: the HBM term is then missing (None, priced 0).
+  bytes_accessed = float(cost["bytes accessed"]) if "bytes accessed" in cost else None
   coll_bytes = sum(c["bytes"] for c in coll.values())
-  roof = chips.roofline(chip, hlo_flops, bytes_accessed, coll_bytes)
+  roof = chips.roofline(chip, hlo_flops, bytes_accessed or 0.0, coll_bytes)
   useful = p.analytic_flops / p.chips
   return {
       "program": p.name, "chip": chip.name, "chips": p.chips,
@@ -564,8 +565,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     m = r["per_chip_bytes"]["total"]
     coll = " ".join(f"{k}:{int(v['count'])}" for k, v in r["collectives"].items() if v["count"])
     ratio = f"{r['flops_ratio']:.2f}" if r["flops_ratio"] else "-"
+    acc = f"{r['bytes_accessed'] / 1e9:.1f}" if r["bytes_accessed"] is not None else "-"
     lines.append(f"{r['program']:<18}{m / 2**30:>9.2f}{m / r['hbm_bytes']:>7.0%} "
-                 f"{r['flops'] / 1e12:>10.2f}{ratio:>10}{r['bytes_accessed'] / 1e9:>8.1f}"
+                 f"{r['flops'] / 1e12:>10.2f}{ratio:>10}{acc:>8}"
                  f"{r['collective_bytes'] / 1e9:>8.2f}{r['roofline']['step_s'] * 1e3:>9.1f}"
                  f"{r['roofline']['bound']:>8}{(r['mfu'] or 0):>6.0%}  {coll}"
                  + ("" if r["fits"] else "  DOES NOT FIT"))

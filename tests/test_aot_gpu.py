@@ -51,9 +51,12 @@ def test_every_program_compiles_for_one_8_gpu_host_and_fits(compiled):
   for p in programs:
     row = aot.report(p, chip)
     assert row["fits"] and 0 < row["per_chip_bytes"]["total"] < chip.hbm_bytes, p.name
-    assert row["flops"] > 0 and row["bytes_accessed"] > 0, p.name
-  step = aot.report(next(p for p in programs if p.name == "il_step"), chip)
-  assert step["collectives"]["all-gather"]["count"] > 0  # fsdp gathers the weights
+    assert row["flops"] > 0, p.name
+    assert row["bytes_accessed"] is None  # XLA:GPU has no cost analysis without a GPU
+  rows = {p.name: aot.report(p, chip) for p in programs}
+  for name in ("il_step", "critic_update"):  # the HLO count against act_jax.flops
+    assert 0.95 < rows[name]["flops_ratio"] < 1.25, (name, rows[name]["flops_ratio"])
+  assert rows["il_step"]["collectives"]["all-gather"]["count"] > 0  # fsdp gathers weights
 
 
 @needs_plugin
