@@ -60,10 +60,12 @@ def test_every_program_compiles_for_one_8_gpu_host_and_fits(compiled):
 
 
 @needs_plugin
-def test_hlo_flops_count_matmuls_inside_triton_fusions():
-  """On GPU the matmuls of a scanned chain sit in Triton GEMM fusions inside the loop
-  body, not in the body itself; the count still equals the analytic one (fwd + both
-  grads, every iteration)."""
+@pytest.mark.parametrize("triton", [True, False])
+def test_hlo_flops_count_gpu_matmuls(triton):
+  """On GPU the matmuls of a scanned chain are no plain `dot`s of the loop body: they
+  sit in Triton GEMM fusions (the default without a device to autotune on) or, with
+  Triton GEMMs off, are cuBLAS custom calls. Either way the count equals the analytic
+  one (fwd + both grads, every iteration)."""
   devices = aot.topology_devices("h100:1x1x8")
   mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 4), ("a", "b"))
   L, B, D = 6, 256, 512
@@ -74,19 +76,24 @@ def test_hlo_flops_count_matmuls_inside_triton_fusions():
   def loss(w, x):
     return jax.lax.scan(lambda h, wl: (jnp.tanh(h @ wl), None), x, w)[0].sum()
 
-  text = aot.compile_program(jax.grad(loss, argnums=(0, 1)), (w, x)).compiled.as_text()
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile(
+      compiler_options={"xla_gpu_enable_triton_gemm": triton}).as_text()
   assert hlo_stats.flops(text) == pytest.approx(3 * 2 * B * D * D * L / len(devices),
                                                 rel=1e-6)
   comps = hlo_stats.parse(text)
   fused = {callee for c in comps for i in c.instrs if i.opcode == "fusion"
            and "kind=kCustom" in i.attrs for _, callee in i.called}
   with_dots = {c.name for c in comps if any(i.opcode == "dot" for i in c.instrs)}
-  assert with_dots and with_dots <= fused
+  cublas = [c for c in hlo_stats.custom_calls(text) if c.startswith("__cublas")]
+  if triton:
+    assert with_dots and with_dots <= fused and not cublas
+  else:
+    assert not with_dots and cublas
 
 
 def test_hlo_flops_count_cublas_gemm_custom_calls():
-  """A GEMM that autotuning hands to cuBLAS is a custom call, not a `dot`: counted from
-  its backend config's contracting dimensions, in a loop of 3 iterations."""
+  """A cuBLAS GEMM is a custom call, not a `dot`: counted from its backend config's
+  contracting dimensions, in a loop of 3 iterations (no plugin needed)."""
   hlo = """
 %body (p: (s32[], bf16[64,32], bf16[32,16])) -> (s32[], bf16[64,32], bf16[32,16]) {
   %p = (s32[], bf16[64,32]{1,0}, bf16[32,16]{1,0}) parameter(0)
