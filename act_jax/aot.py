@@ -578,6 +578,9 @@ def main(argv: Sequence[str]) -> None:
   from absl import flags
   del argv
   f = flags.FLAGS
+  if f.layers:
+    with f.config.unlocked():
+      f.config.model.num_layers = f.layers
   rows = (run(f.config, f.topology, f.action_tokens, f.programs or None))
   print(table(rows))
   if f.out:
@@ -609,5 +612,7 @@ if __name__ == "__main__":
                     "(of the --programs named, if any).")
   flags.DEFINE_integer("action_tokens", 64, "Tokens of an action (IL targets, eval scoring).")
   flags.DEFINE_list("programs", [], "Compile only these programs (default: all).")
+  flags.DEFINE_integer("layers", 0, "Compile with this many decoder layers (0: the "
+                       "model's), to extrapolate per-chip bytes and FLOPs in the depth.")
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)
