@@ -1,14 +1,18 @@
-"""Compile every program a run executes for a TPU slice this host does not have.
+"""Compile every program a run executes for a TPU slice or GPU node this host does not have.
 
   JAX_PLATFORMS=cpu python -m act_jax.aot --config configs/paper_qwen3_8b.py \\
       --topology v5p:4x4x4 [--config.x=y] [--out aot.json] [--find-batch]
+  PYTHONPATH=benchmarks/.cuda-plugin/site JAX_PLATFORMS=cpu python -m act_jax.aot \\
+      --config configs/paper_qwen3_8b.py --config.mesh_preset=gpu_8 --topology h100:1x1x8
 
 With the `libtpu` wheel installed, `jax.experimental.topologies` describes a real
 slice (chips, hosts, ICI coordinates) and XLA compiles for it on the CPU. The mesh is
 laid on the topology's chips by the code a run uses (`loop.build_context`), the
 parameters, optimiser state and batches are abstract (`ShapeDtypeStruct`s with their
 shardings: nothing is materialised), and each program is compiled exactly as the
-run jits it. Per program it reports per-chip memory against the chip's HBM, matmul
+run jits it. GPUs (`h100:SLICESxHOSTSxGPUS`) are described the same way by jax's
+CUDA plugin (`benchmarks/cuda_plugin.sh`, on PYTHONPATH) from `act_jax.gpu_target`.
+Per program it reports per-chip memory against the chip's HBM, matmul
 FLOPs against the analytic count (`act_jax.flops`), bytes accessed, the collectives
 of the optimised HLO, and a roofline step time (`act_jax.chips`). A program that
 does not fit is refused (`DoesNotFit`), and a run on TPUs does the same check
@@ -46,7 +50,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from act_jax import chips, config_lib, flops as flops_lib, hlo_stats, loop, models, presets
+from act_jax import chips, config_lib, flops as flops_lib, gpu_target, hlo_stats, loop, models
+from act_jax import presets
 from act_jax import sharding, step as step_lib
 from act_jax.losses import grpo as grpo_loss
 from act_jax.models import ModelConfig
@@ -84,8 +89,12 @@ def wraparound(name: str) -> tuple[bool, bool, bool]:
 @functools.lru_cache(maxsize=None)
 def topology(name: str) -> Any:
   """The `TopologyDescription` of a TPU slice such as 'v5e:2x2' or 'v5p:2x2x2', with
-  its wraparound links (`wraparound`)."""
+  its wraparound links (`wraparound`), or of GPUs such as 'h100:1x1x8' (slices x hosts x
+  GPUs per host; `act_jax.gpu_target`)."""
   from jax.experimental import topologies
+  kind, _, shape = name.partition(":")
+  if kind in gpu_target.TARGETS:
+    return gpu_topology(kind, shape)
   # A compile-only client touches no chip: it need not hold libtpu's one-process
   # lock (which any jax process started without JAX_PLATFORMS may be holding).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -95,7 +104,23 @@ def topology(name: str) -> Any:
   except Exception as e:  # libtpu's errors carry no hint of the cause
     raise ValueError(f"--topology={name!r}: libtpu cannot describe it ({e}); it needs the "
                      "libtpu wheel (requirements-test.txt) and a name like v5e:2x2, "
-                     "v5p:2x2x2 or v6e:8x8") from None
+                     "v5p:2x2x2 or v6e:8x8 (or a GPU one: "
+                     f"{', '.join(k + ':1x1x8' for k in gpu_target.TARGETS)})") from None
+
+
+def gpu_topology(kind: str, shape: str) -> Any:
+  """GPUs described by the CUDA plugin from `gpu_target`'s figures, no GPU attached."""
+  from jax.experimental import topologies
+  if not re.fullmatch(r"\d+x\d+x\d+", shape):
+    raise ValueError(f"--topology={kind}:{shape}: a GPU topology is SLICESxHOSTSxGPUS, "
+                     f"e.g. {kind}:1x1x8 (one 8-GPU host)")
+  if not gpu_target.plugin_available():
+    raise ValueError(f"--topology={kind}:{shape}: jax's CUDA plugin is not importable; "
+                     "fetch it with benchmarks/cuda_plugin.sh and put its folder on "
+                     "PYTHONPATH (docs/tpu_aot.md, 'GPU without a GPU')")
+  return topologies.get_topology_desc(
+      platform="cuda", topology=shape,
+      target_config=gpu_target.target_config(gpu_target.target(kind)))
 
 
 def topology_devices(name: str) -> list[Any]:
@@ -220,12 +245,13 @@ def report(p: Program, chip: chips.Chip) -> dict[str, Any]:
   """The JSON row of one program."""
   text = p.compiled.as_text()
   mem = memory(p.compiled)
-  cost = p.compiled.cost_analysis() or {}
+  cost = p.compiled.cost_analysis() or {}  # None for a deviceless GPU program
   coll = hlo_stats.collectives(text)
   hlo_flops = hlo_stats.flops(text)
-  bytes_accessed = float(cost.get("bytes accessed", 0.0))
+  # XLA:GPU gives no cost analysis here: the HBM term is then missing (None, priced 0).
+  bytes_accessed = float(cost["bytes accessed"]) if "bytes accessed" in cost else None
   coll_bytes = sum(c["bytes"] for c in coll.values())
-  roof = chips.roofline(chip, hlo_flops, bytes_accessed, coll_bytes)
+  roof = chips.roofline(chip, hlo_flops, bytes_accessed or 0.0, coll_bytes)
   useful = p.analytic_flops / p.chips
   return {
       "program": p.name, "chip": chip.name, "chips": p.chips,
@@ -557,8 +583,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     m = r["per_chip_bytes"]["total"]
     coll = " ".join(f"{k}:{int(v['count'])}" for k, v in r["collectives"].items() if v["count"])
     ratio = f"{r['flops_ratio']:.2f}" if r["flops_ratio"] else "-"
+    acc = f"{r['bytes_accessed'] / 1e9:.1f}" if r["bytes_accessed"] is not None else "-"
     lines.append(f"{r['program']:<18}{m / 2**30:>9.2f}{m / r['hbm_bytes']:>7.0%} "
-                 f"{r['flops'] / 1e12:>10.2f}{ratio:>10}{r['bytes_accessed'] / 1e9:>8.1f}"
+                 f"{r['flops'] / 1e12:>10.2f}{ratio:>10}{acc:>8}"
                  f"{r['collective_bytes'] / 1e9:>8.2f}{r['roofline']['step_s'] * 1e3:>9.1f}"
                  f"{r['roofline']['bound']:>8}{(r['mfu'] or 0):>6.0%}  {coll}"
                  + ("" if r["fits"] else "  DOES NOT FIT"))
@@ -569,12 +596,19 @@ def main(argv: Sequence[str]) -> None:
   from absl import flags
   del argv
   f = flags.FLAGS
+  if f.layers:
+    with f.config.unlocked():
+      f.config.model.num_layers = f.layers
   rows = (run(f.config, f.topology, f.action_tokens, f.programs or None))
   print(table(rows))
   if f.out:
+    kind = f.topology.partition(":")[0]
+    target = ({"gpu_target_source": gpu_target.target(kind).source}
+              if kind in gpu_target.TARGETS else {})
     with open(f.out, "w") as fh:
       json.dump({"topology": f.topology, "chip_source": chips.chip(
-          topology_devices(f.topology)[0].device_kind).source, "programs": rows}, fh, indent=1)
+          topology_devices(f.topology)[0].device_kind).source, **target, "programs": rows},
+                fh, indent=1)
   if f.find_batch:
     print("largest per-chip batch that fits:", find_batch(f.config, f.topology,
                                                           f.action_tokens, f.programs or None))
@@ -589,11 +623,14 @@ if __name__ == "__main__":
   if not os.environ.get("JAX_PLATFORMS"):  # compile for the topology on this host's CPU
     jax.config.update("jax_platforms", "cpu")
   config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x2, v5p:4x4x4, v6e:8x8.")
+  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x2, v5p:4x4x4, v6e:8x8, or "
+                      "GPUs (slices x hosts x GPUs per host), e.g. h100:1x1x8.")
   flags.DEFINE_string("out", None, "Write the per-program JSON here.")
   flags.DEFINE_bool("find_batch", False, "Also search the largest per-chip batch per stage "
                     "(of the --programs named, if any).")
   flags.DEFINE_integer("action_tokens", 64, "Tokens of an action (IL targets, eval scoring).")
   flags.DEFINE_list("programs", [], "Compile only these programs (default: all).")
+  flags.DEFINE_integer("layers", 0, "Compile with this many decoder layers (0: the "
+                       "model's), to extrapolate per-chip bytes and FLOPs in the depth.")
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)

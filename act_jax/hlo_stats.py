@@ -6,6 +6,12 @@ module walks the HLO's call graph instead: each computation gets a multiplier (h
 many times one program run executes it: a while body runs its `known_trip_count`
 times, a body of unknown trip count once), and matmuls (`dot`, `convolution`) and
 collectives are counted with it. Pure text in, numbers out, so tests can feed HLO.
+
+On GPUs XLA puts matmuls inside fusions (Triton GEMM fusions, `kind=kCustom`: the
+`dot` sits in the called computation, which the walk reaches) or, when autotuning
+picks cuBLAS, into `__cublas$gemm` / `__cublas$lt$matmul` custom calls, counted from
+the dot dimensions in their backend config. cuDNN fused attention calls are not
+counted (as TPU Pallas kernels are not).
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ _CALLED = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_c
                      r"branch_computations)=(\{[^}]*\}|%[\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CUBLAS = re.compile(r'custom_call_target="__cublas\$(?:lt\$matmul|gemm)[^"]*"')
+_LHS_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +190,9 @@ def _window(attrs: str, n: int) -> dict[str, list[int]]:
 
 
 def matmul_flops(ins: Instr, shapes: dict[str, list[Array]]) -> float:
-  """2 x multiply-adds of one `dot` or `convolution` (the TPU compiler writes most
-  matmuls as convolutions: batch dimensions as windows, transposes as padding).
+  """2 x multiply-adds of one `dot`, `convolution` (the TPU compiler writes most
+  matmuls as convolutions: batch dimensions as windows, transposes as padding) or
+  cuBLAS GEMM custom call (0 for any other custom call).
 
   A convolution does 2 x (output batch x output features x input features per
   group) x (kernel taps on real input, summed over each spatial dimension's outputs).
@@ -195,6 +204,13 @@ def matmul_flops(ins: Instr, shapes: dict[str, list[Array]]) -> float:
     return 0.0
   if ins.opcode == "dot":
     contracted = math.prod(lhs.shape[d] for d in _dims(ins.attrs, "lhs_contracting_dims"))
+    return 2.0 * math.prod(ins.out[0].shape) * contracted
+  if ins.opcode == "custom-call":  # a cuBLAS GEMM: out[0] is the product (then workspace)
+    dims = _LHS_CONTRACTING.search(ins.attrs)
+    if not _CUBLAS.search(ins.attrs) or not dims:
+      return 0.0
+    contracted = math.prod(lhs.shape[int(d.strip('" '))] for d in dims.group(1).split(",")
+                           if d.strip())
     return 2.0 * math.prod(ins.out[0].shape) * contracted
   labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", ins.attrs)
   if rhs is None or not labels:
@@ -215,7 +231,7 @@ def matmul_flops(ins: Instr, shapes: dict[str, list[Array]]) -> float:
 def flops(hlo: str) -> float:
   """Matmul FLOPs of one run, per chip, loop trip counts included."""
   return sum(n * matmul_flops(ins, shapes) for _, ins, n, shapes in _walk(parse(hlo))
-             if ins.opcode in ("dot", "convolution"))
+             if ins.opcode in ("dot", "convolution", "custom-call"))
 
 
 def collectives(hlo: str) -> dict[str, dict[str, float]]:

@@ -135,3 +135,24 @@ def test_aot_price_sums_the_paper_stages_from_roofline_rows():
   seed = 2 * 640 * 0.5 + 3 * 320 * grpo
   assert out["one seed (act x1, il x2, rl x2)"] == pytest.approx(seed)
   assert out["3 seeds"] == pytest.approx(3 * seed)
+
+
+def test_aot_depth_extends_each_program_linearly_in_the_layers():
+  """Two compiles at depth 2 and 4 -> depth 36: intercept + 34/2 x the per-2-layer
+  step; a program only one report has is left out; no HBM term without bytes."""
+  import aot_depth
+  from act_jax import chips
+  h100 = chips.CHIPS["NVIDIA H100 80GB HBM3"]
+  row = lambda name, gib, tflop, coll: {
+      "program": name, "chip": "h100", "hbm_bytes": h100.hbm_bytes, "bytes_accessed": None,
+      "per_chip_bytes": {"total": gib * 2**30}, "flops": tflop * 1e12,
+      "collective_bytes": coll * 1e9}
+  shallow = [row("il_step", 20.0, 50.0, 3.0), row("decode_step", 1.0, 0.1, 0.0)]
+  deeper = [row("il_step", 22.0, 100.0, 4.0)]
+  (out,) = aot_depth.extrapolate(shallow, 2, deeper, 4, 36)
+  assert out["program"] == "il_step"
+  assert out["gib"] == pytest.approx(20 + 17 * 2) and out["fits"]
+  assert out["tflop"] == pytest.approx(50 + 17 * 50)
+  assert out["coll_gb"] == pytest.approx(3 + 17 * 1)
+  assert out["roofline"]["hbm_s"] == 0
+  assert out["roofline"]["step_s"] == pytest.approx(900e12 / h100.bf16_flops)
