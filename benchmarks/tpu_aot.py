@@ -1,7 +1,8 @@
-"""Our Qwen3-8B train step beside MaxText's, both compiled ahead of time for one TPU slice.
+"""Our Qwen3-8B IL step and GRPO update beside MaxText's and Tunix's, compiled for a TPU slice.
 
   python benchmarks/tpu_aot.py [--topology v5p:4x4x4] [--batch-per-chip 1] [--seq 4096]
-      [--attention splash|xla] [--same-compiler] [--skip-grpo] [--out rows.json]
+      [--attention splash|xla] [--same-compiler] [--skip-grpo] [--skip-tunix]
+      [--layers N] [--out rows.json]
 
 Same model (Qwen3-8B, float32 weights and Adam moments, bfloat16 compute, full remat,
 scanned layers), same global batch (`--batch-per-chip` x chips rows of `--seq` tokens,
@@ -12,7 +13,10 @@ Pallas splash kernel, against our `model.attention="splash"`; `xla` is its
 (`memory_analysis`), matmul FLOPs per chip (`act_jax.hlo_stats`: XLA's cost analysis
 counts a scanned layer once; a Pallas kernel's FLOPs are in neither side's count), the
 collectives, and the jax / jaxlib / libtpu that compiled it. Ours also compiles the
-GRPO update (`grpo_update`, not its reference pass).
+GRPO update (`grpo_update`, not its reference pass), beside Tunix 0.1.7's (`tunix()`:
+the step its RL Trainer jits, `grpo_loss_fn` wired as GRPOLearner wires it) on the same
+mesh, batch and lengths (`grpo_shape`), in the Tunix venv of benchmarks/tunix_venv.py
+(created on first use, libtpu included); `--skip-tunix` leaves it out.
 
 The anchor is MaxText 0.2.5's `train_compile` (its `jit_and_compile`, patched to hand
 back the compiled step) in its own virtualenv, since it needs Python >= 3.12 and a
@@ -20,9 +24,11 @@ newer jax/libtpu than ours:
   python3.12 -m venv benchmarks/.venv-maxtext   # any Python >= 3.12
   benchmarks/.venv-maxtext/bin/pip install "maxtext[tpu]==0.2.5"
 `--same-compiler` also compiles our step in that venv (act_jax imports there), so the
-two sides can be compared with one XLA. The last line is
-`hbm_ratio_vs_anchor=<ours / MaxText per-chip bytes>` for the IL step, ours compiled
-by this interpreter.
+two sides can be compared with one XLA. Before the last lines,
+`grpo_hbm_ratio_vs_tunix=<ours / Tunix per-chip bytes>` for the GRPO update. The last
+line is `hbm_ratio_vs_anchor=<ours / MaxText per-chip bytes>` for the IL step, ours
+compiled by this interpreter. Each side runs in a child process of its venv
+(`run_side`, `--side`), its rows handed back as JSON.
 """
 from __future__ import annotations
 
