@@ -74,9 +74,8 @@ def summary(compiled, chips: int) -> dict:
 
 
 def chip_count(topology: str) -> int:
-  version, dims = topology.split(":")
   chips = 1
-  for d in dims.split("x"):
+  for d in topology.split(":")[1].split("x"):
     chips *= int(d)
   return chips
 
@@ -292,6 +291,7 @@ def main() -> None:
       sides.append(("tunix", tunix_side))
     except subprocess.CalledProcessError:  # its error is above; the IL anchor still stands
       print("tunix: failed to compile (error above)")
+  same = None
   if a.same_compiler:
     try:
       same = run_side(python, "ours", a)
@@ -304,7 +304,7 @@ def main() -> None:
       print(line(f"{side} {name}", row))
   if a.out:
     Path(a.out).write_text(json.dumps(dict(sides), indent=1))
-  if len(sides) == 3:
+  if same:
     print(f"same_compiler: flops_ratio={il(same, 'flops') / il(theirs, 'flops'):.3f} "
           f"hbm_ratio={il(same, 'per_chip_bytes') / il(theirs, 'per_chip_bytes'):.3f}")
   if tunix_side:
