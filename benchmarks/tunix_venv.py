@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "benchmarks" / ".venv-tunix"
-PINS = ("google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8")
+# libtpu: what jax[tpu]==0.10.2 pins, for tpu_aot.py's deviceless TPU compile (unused on CPU).
+PINS = ("google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8", "libtpu==0.0.42.*")
 BASELINE = ROOT / "benchmarks" / "tunix_baseline.py"  # the sampler and GRPO step of Tunix
 
 
