@@ -16,7 +16,7 @@ pytest.importorskip("libtpu")
 
 from act_jax import aot, hlo_stats, models, sharding  # noqa: E402
 from act_jax.sampling import cpu_matmul  # noqa: E402
-from aot_config import tiny_config  # noqa: E402
+from aot_config import CHAIN, scanned_chain, tiny_config  # noqa: E402
 
 PROGRAMS = {"il_step", "critic_update", "critic_ref_logps", "rl_update", "rl_ref_logps",
             "prefill", "decode_step", "eval_score"}
@@ -142,21 +142,12 @@ def test_an_oversized_program_is_refused_with_what_would_help():
 def test_hlo_flops_count_every_iteration_of_a_scanned_loop():
   """XLA's cost analysis counts a loop body once; ours counts its trip count, and a
   scanned chain of matmuls costs what the analytic count says (fwd + both grads)."""
-  devices = aot.topology_devices("v5e:2x2")
-  mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 2), ("a", "b"))
-  L, B, D = 6, 256, 512
-  sh = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-  w = jax.ShapeDtypeStruct((L, D, D), jnp.bfloat16, sharding=sh(None, "a", "b"))
-  x = jax.ShapeDtypeStruct((B, D), jnp.bfloat16, sharding=sh("a", None))
-
-  def loss(w, x):
-    return jax.lax.scan(lambda h, wl: (jnp.tanh(h @ wl), None), x, w)[0].sum()
-
-  p = aot.compile_program(jax.grad(loss, argnums=(0, 1)), (w, x))
-  per_chip = 3 * 2 * B * D * D * L / len(devices)
+  loss, args, per_chip = scanned_chain(aot.topology_devices("v5e:2x2"), (2, 2))
+  p = aot.compile_program(jax.grad(loss, argnums=(0, 1)), args)
   assert hlo_stats.flops(p.compiled.as_text()) == pytest.approx(per_chip, rel=1e-6)
   assert p.compiled.cost_analysis()["flops"] < per_chip / 2  # XLA: the body once
   coll = aot.collectives(p.compiled)
+  L = CHAIN["L"]
   assert coll["all-gather"]["count"] % L == 0 and coll["all-gather"]["count"] >= L
 
 

@@ -8,12 +8,10 @@ tests run when `benchmarks/cuda_plugin.sh`'s folder is on PYTHONPATH, e.g.
 and are skipped otherwise. References come from shapes, not from the compiler.
 """
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from act_jax import aot, chips, gpu_target, hlo_stats
-from aot_config import tiny_config
+from aot_config import scanned_chain, tiny_config
 
 PROGRAMS = {"il_step", "critic_update", "critic_ref_logps", "rl_update", "rl_ref_logps",
             "prefill", "decode_step", "eval_score"}
@@ -66,20 +64,10 @@ def test_hlo_flops_count_gpu_matmuls(triton):
   sit in Triton GEMM fusions (the default without a device to autotune on) or, with
   Triton GEMMs off, are cuBLAS custom calls. Either way the count equals the analytic
   one (fwd + both grads, every iteration)."""
-  devices = aot.topology_devices("h100:1x1x8")
-  mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 4), ("a", "b"))
-  L, B, D = 6, 256, 512
-  sh = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-  w = jax.ShapeDtypeStruct((L, D, D), jnp.bfloat16, sharding=sh(None, "a", "b"))
-  x = jax.ShapeDtypeStruct((B, D), jnp.bfloat16, sharding=sh("a", None))
-
-  def loss(w, x):
-    return jax.lax.scan(lambda h, wl: (jnp.tanh(h @ wl), None), x, w)[0].sum()
-
-  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile(
+  loss, args, per_chip = scanned_chain(aot.topology_devices("h100:1x1x8"), (2, 4))
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile(
       compiler_options={"xla_gpu_enable_triton_gemm": triton}).as_text()
-  assert hlo_stats.flops(text) == pytest.approx(3 * 2 * B * D * D * L / len(devices),
-                                                rel=1e-6)
+  assert hlo_stats.flops(text) == pytest.approx(per_chip, rel=1e-6)
   comps = hlo_stats.parse(text)
   fused = {callee for c in comps for i in c.instrs if i.opcode == "fusion"
            and "kind=kCustom" in i.attrs for _, callee in i.called}
