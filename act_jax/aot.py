@@ -12,11 +12,12 @@ parameters, optimiser state and batches are abstract (`ShapeDtypeStruct`s with t
 shardings: nothing is materialised), and each program is compiled exactly as the
 run jits it. GPUs (`h100:SLICESxHOSTSxGPUS`) are described the same way by jax's
 CUDA plugin (`benchmarks/cuda_plugin.sh`, on PYTHONPATH) from `act_jax.gpu_target`.
-Per program it reports per-chip memory against the chip's HBM, matmul
-FLOPs against the analytic count (`act_jax.flops`), bytes accessed, the collectives
-of the optimised HLO, and a roofline step time (`act_jax.chips`). A program that
-does not fit is refused (`DoesNotFit`), and a run on TPUs does the same check
-before its first step (`check_fits`, called from `loop.run`).
+Per program it reports per-chip memory against the chip's HBM, matmul FLOPs against
+the analytic count (`act_jax.flops`), the bytes accessed and the collectives of the
+optimised HLO (loop trip counts included: `act_jax.hlo_stats`), and a roofline step
+time (`act_jax.chips`). A program that does not fit is refused (`DoesNotFit`), and a
+run on TPUs does the same check before its first step (`check_fits`, called from
+`loop.run`).
 
 Programs (names in the report):
   il_step          the IL stage's train step (action CE)
@@ -248,8 +249,9 @@ def report(p: Program, chip: chips.Chip) -> dict[str, Any]:
   cost = p.compiled.cost_analysis() or {}  # None for a deviceless GPU program
   coll = hlo_stats.collectives(text)
   hlo_flops = hlo_stats.flops(text)
-  # XLA:GPU gives no cost analysis here: the HBM term is then missing (None, priced 0).
-  bytes_accessed = float(cost["bytes accessed"]) if "bytes accessed" in cost else None
+  # XLA:GPU gives no cost analysis here, and TPU tile padding is not its layout: the
+  # HBM term is then missing (None, priced 0).
+  bytes_accessed = hlo_stats.bytes_accessed(text) if "bytes accessed" in cost else None
   coll_bytes = sum(c["bytes"] for c in coll.values())
   roof = chips.roofline(chip, hlo_flops, bytes_accessed or 0.0, coll_bytes)
   useful = p.analytic_flops / p.chips
@@ -261,7 +263,8 @@ def report(p: Program, chip: chips.Chip) -> dict[str, Any]:
       "xla_cost_flops": float(cost.get("flops", 0.0)),  # XLA: each loop body once
       "analytic_flops": useful, "analytic": p.analytic,
       "flops_ratio": hlo_flops / useful if useful else None,
-      "bytes_accessed": bytes_accessed,
+      "bytes_accessed": bytes_accessed,  # per chip, loop trip counts included
+      "xla_cost_bytes_accessed": float(cost.get("bytes accessed", 0.0)),  # each loop body once
       "collectives": coll, "collective_bytes": coll_bytes,
       "roofline": roof,
       "mfu": useful / chip.bf16_flops / roof["step_s"] if roof["step_s"] > 0 else None,

@@ -4,8 +4,9 @@ XLA's `cost_analysis()` counts a `while` body once, whatever its trip count, so 
 program whose layers are a `lax.scan` reports about 1/L of its matmul FLOPs. This
 module walks the HLO's call graph instead: each computation gets a multiplier (how
 many times one program run executes it: a while body runs its `known_trip_count`
-times, a body of unknown trip count once), and matmuls (`dot`, `convolution`) and
-collectives are counted with it. Pure text in, numbers out, so tests can feed HLO.
+times, a body of unknown trip count once), and matmuls (`dot`, `convolution`),
+collectives and the bytes each instruction reads and writes are counted with it. Pure
+text in, numbers out, so tests can feed HLO.
 
 On GPUs XLA puts matmuls inside fusions (Triton GEMM fusions, `kind=kCustom`: the
 `dot` sits in the called computation, which the walk reaches) or, when autotuning
@@ -31,9 +32,9 @@ _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u1
                 "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
                 "f64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"\b(pred|[su](?:4|8|16|32|64)|bf16|f16|f32|f64|c64|c128|f8\w*)"
-                    r"\[([\d,]*)\]")
+                    r"\[([\d,]*)\](?:\{([\d,]*)(?::T\(([\d,]+)\))?[^}]*\})?")
 _HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) \((.*)\) -> .* \{$")
-_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
+_INSTR = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 _CALLED = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation|"
                      r"branch_computations)=(\{[^}]*\}|%[\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
@@ -46,10 +47,26 @@ _LHS_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
 class Array:
   dtype: str
   shape: tuple[int, ...]
+  minor_to_major: tuple[int, ...] = ()  # the layout, when the text gives one
+  tile: tuple[int, ...] = ()  # its first tile, e.g. (8, 128) on TPU
 
   @property
   def bytes(self) -> float:
     return math.prod(self.shape) * _DTYPE_BYTES.get(self.dtype, 1)
+
+  @property
+  def stored_bytes(self) -> float:
+    """Bytes in memory: the most minor dimensions padded to the tile, as the TPU
+    stores them (a `f32[40,32]{1,0:T(8,128)}` holds 40 x 128 floats; a scalar with a
+    tile, one tile)."""
+    if not self.tile:
+      return self.bytes
+    order = self.minor_to_major or tuple(range(len(self.shape) - 1, -1, -1))
+    dims = [self.shape[d] for d in reversed(order)] or [1]
+    for i, t in enumerate(reversed(self.tile), start=1):
+      if i <= len(dims):
+        dims[-i] = -(-dims[-i] // t) * t
+    return math.prod(dims) * _DTYPE_BYTES.get(self.dtype, 1)
 
 
 @dataclasses.dataclass
@@ -69,11 +86,14 @@ class Computation:
   entry: bool
   params: dict[str, list[Array]]
   instrs: list[Instr]
+  root: str = ""  # the ROOT instruction's name
 
 
 def arrays(text: str) -> list[Array]:
-  """Every array type in `text` (`bf16[4,8]{1,0:T(8,128)}` -> Array('bf16', (4, 8)))."""
-  return [Array(m.group(1), tuple(int(d) for d in m.group(2).split(",") if d))
+  """Every array type in `text` (`bf16[4,8]{1,0:T(8,128)}` -> Array('bf16', (4, 8),
+  (1, 0), (8, 128)))."""
+  ints = lambda g: tuple(int(d) for d in (g or "").split(",") if d)
+  return [Array(m.group(1), ints(m.group(2)), ints(m.group(3)), ints(m.group(4)))
           for m in _ARRAY.finditer(text)]
 
 
@@ -107,12 +127,14 @@ def parse(hlo: str) -> list[Computation]:
     m = _INSTR.match(line) if cur is not None else None
     if not m:
       continue
-    ops, attrs = _split_operands(m.group(4))
+    ops, attrs = _split_operands(m.group(5))
     called = []
     for role, target in _CALLED.findall(attrs):
       called += [(role, t) for t in re.findall(r"%([\w.\-]+)", target)]
-    cur.instrs.append(Instr(m.group(1), m.group(3), arrays(m.group(2)),
+    cur.instrs.append(Instr(m.group(2), m.group(4), arrays(m.group(3)),
                             re.findall(r"%([\w.\-]+)", ops), attrs, called, ops))
+    if m.group(1):
+      cur.root = m.group(2)
   return comps
 
 
@@ -247,6 +269,126 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
     out[kind]["count"] += n
     out[kind]["bytes"] += n * max(sizes, default=0.0)
   return out
+
+
+# Instructions that move no data: views, bookkeeping, and control flow (whose bodies
+# are counted as computations of their own).
+_FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
+         "while", "call", "conditional"}
+_CONTROL = ("body", "condition", "true_computation", "false_computation",
+            "branch_computations")
+
+
+def _stored(arrs: list[Array]) -> float:
+  return sum(a.stored_bytes for a in arrs)
+
+
+def _shapes(c: Computation) -> dict[str, list[Array]]:
+  return {**c.params, **{i.name: i.out for i in c.instrs}}
+
+
+def _executed(comps: list[Computation]) -> set[str]:
+  """Computations run instruction by instruction (the entry, loop bodies and conditions,
+  branches, calls), not fused or applied per element: the ones whose instructions
+  touch memory."""
+  out = {c.name for c in comps if c.entry}
+  for c in reversed(comps):  # callers are printed after their callees
+    if c.name in out:
+      for ins in c.instrs:
+        out.update(callee for role, callee in ins.called
+                   if role in _CONTROL or ins.opcode == "call")
+  return out
+
+
+def _param_reads(comp: Computation, name: str, comps: dict[str, Computation]) -> float:
+  """Bytes a fusion reads of one parameter (XLA's `FusionParameterReadBytes`): a slice
+  reads what it keeps, a dynamic-update-slice does not read the operand it writes
+  into, a broadcast or reshape reads it all each time, other users share one read. A
+  fusion with a tuple root that only carries a parameter through to its outputs, or
+  into a collective, does not read it: that is how the fusion overlapping an
+  asynchronous collective carries the collective's buffers (the collective inside it
+  marks the transfer in flight)."""
+  root = next((i for i in comp.instrs if i.name == comp.root), None)
+  carries = root is not None and root.opcode == "tuple"
+  full = _stored(_shapes(comp)[name])
+  total, shared = 0.0, False
+  for u in comp.instrs:
+    if name not in u.operands:
+      continue
+    if u.opcode == "slice" or (u.opcode == "dynamic-slice" and u.operands[0] == name):
+      total += _stored(u.out)
+    elif u.opcode == "dynamic-update-slice" and u.operands[0] == name:
+      continue
+    elif u.opcode == "fusion":
+      inner = comps[dict(u.called)["calls"]]
+      params = _fusion_params(inner)
+      total += sum(_param_reads(inner, params[k], comps)
+                   for k, op in enumerate(u.operands) if op == name)
+    elif u.opcode in ("broadcast", "reshape"):
+      total += full
+    elif carries and (u is root or u.opcode in COLLECTIVES):
+      continue
+    elif not shared:
+      shared, total = True, total + full
+  return total
+
+
+def _fusion_params(comp: Computation) -> dict[int, str]:
+  return {int(i.literal): i.name for i in comp.instrs if i.opcode == "parameter"}
+
+
+def _fusion_bytes(ins: Instr, comps: dict[str, Computation]) -> float:
+  """What a fusion reads from and writes to memory (XLA's `HandleFusion`): its
+  parameters' reads, and its outputs, a dynamic-update-slice root writing only its
+  update; an output that is a parameter or a collective's result passed through is
+  not written by the fusion."""
+  comp = comps[dict(ins.called)["calls"]]
+  shapes, by_name = _shapes(comp), {i.name: i for i in comp.instrs}
+  reads = sum(_param_reads(comp, p, comps) for p in _fusion_params(comp).values())
+  root = by_name[comp.root]
+  outs = [by_name[o] for o in root.operands] if root.opcode == "tuple" else [root]
+  writes = 0.0
+  for o in outs:
+    if o.opcode == "dynamic-update-slice":
+      writes += _stored(shapes[o.operands[1]])
+    elif o.opcode != "parameter" and o.opcode not in COLLECTIVES:
+      writes += _stored(o.out)
+  return reads + writes
+
+
+def instr_bytes(ins: Instr, shapes: dict[str, list[Array]],
+                comps: dict[str, Computation]) -> float:
+  """Bytes one top-level instruction reads and writes, counted as XLA's cost analysis
+  counts them (`HloCostAnalysis`, TPU tile padding included): operands + outputs, less
+  for slices (what they keep), dynamic updates (the update) and fusions (what they
+  read and write, not their internals); an asynchronous copy (`copy-start` /
+  `copy-done`, e.g. a prefetch into on-chip memory) twice its array at each end."""
+  operands = lambda idx: sum(_stored(shapes.get(ins.operands[i], [])) for i in idx)
+  if ins.opcode in _FREE:
+    return 0.0
+  if ins.opcode == "fusion":
+    return _fusion_bytes(ins, comps)
+  if ins.opcode == "copy-start":
+    return 2 * operands([0])
+  if ins.opcode == "copy-done":
+    return 2 * _stored(ins.out)
+  rest = range(1, len(ins.operands))
+  if ins.opcode in ("slice", "dynamic-slice"):
+    return 2 * _stored(ins.out) + operands(rest)
+  if ins.opcode == "dynamic-update-slice":
+    return 2 * operands([1]) + operands(range(2, len(ins.operands)))
+  return _stored(ins.out) + operands(range(len(ins.operands)))
+
+
+def bytes_accessed(hlo: str, each_loop_once: bool = False) -> float:
+  """Bytes read and written per run, per chip, loop trip counts included: the HBM
+  roofline's numerator. XLA's `cost_analysis()["bytes accessed"]` counts a loop body
+  once, so a scanned layer stack reports one layer's traffic; `each_loop_once` counts
+  as it does (to check the per-instruction counts against it)."""
+  comps = parse(hlo)
+  by_name, executed = {c.name: c for c in comps}, _executed(comps)
+  return sum((1 if each_loop_once else n) * instr_bytes(ins, shapes, by_name)
+             for c, ins, n, shapes in _walk(comps) if c.name in executed)
 
 
 def custom_calls(hlo: str) -> list[str]:

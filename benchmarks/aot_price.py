@@ -6,9 +6,14 @@ are all in the reports:
   python benchmarks/aot_price.py --config configs/paper_qwen3_8b.py \\
       docs/aot/v5p_base.json docs/aot/v5p_4x4x4_rest.json docs/aot/v5p_ref_logps_fixed.json
 
-Reports given later replace earlier rows of the same program. A step's time is its
-roofline bound (`roofline.step_s`: the largest of compute, HBM and ICI time), so the
-totals ignore the host, the data pipeline, environment rollouts, evaluation and overlap
+Reports given later replace earlier rows of the same program. A report's HBM term
+counts loop trip counts (`hlo_stats.bytes_accessed`) when its rows have
+`xla_cost_bytes_accessed`; rows of older reports took XLA's count, a scanned layer loop
+once, and are named below the table (whole only for unrolled compiles and the sampler's
+programs): give an unrolled compile's report after them
+(`--config.model.scan_layers=False`), or rerun them. A step's time is its roofline
+bound (`roofline.step_s`: the largest of compute, HBM and ICI time), so the totals
+ignore the host, the data pipeline, environment rollouts, evaluation and overlap
 losses, and take every GRPO completion to run its whole `max_new_tokens`:
 
   il step    il_step
@@ -129,6 +134,10 @@ def main() -> None:
         "| roofline ms (bound) | MFU | compile |\n|---|---|---|---|---|---|---|---|")
   for r in rows.values():
     print(program_row(r))
+  body_once = [r["program"] for r in rows.values() if "xla_cost_bytes_accessed" not in r]
+  if body_once:
+    print(f"\nHBM bytes from XLA's count, each loop body once (reports before act_jax.aot "
+          f"counted trip counts; whole only if unrolled or loop-free): {', '.join(body_once)}")
   try:
     priced = price(config, rows)
   except KeyError as e:
