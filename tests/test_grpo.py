@@ -303,6 +303,16 @@ def test_logits_in_chunks_give_the_same_log_probs_entropies_and_update():
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("accum", [2, 4])
+def test_reference_pass_in_microbatches_keeps_every_row_in_place(accum):
+  """The reference log-probs computed in `train.accum_steps` microbatches (rows i, i+k,
+  ... each, as the train step splits them) are the one-pass ones, row for row."""
+  params, batch, want, _ = random_batch()
+  tokens, mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"])
+  got = jax.jit(grpo_stage.reference_fn(graphdef(CFG), C, 1.0, accum))(params, tokens, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_accumulated_terms_equal_one_microbatch():
   """Policy gradient and KL, each over its own global token count: two microbatches
   give the one-microbatch update, though the terms' counts differ per microbatch."""
