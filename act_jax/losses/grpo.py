@@ -84,7 +84,8 @@ def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completio
   are never needed), as one 2-D [N*C, D] x [D, V] matmul (XLA:CPU runs the weight
   gradient of a 3-D one well below matmul speed). log p = logit[target] - log sum
   exp, and the entropy reuses the same exponentials, so no [N, C, V] log-softmax or
-  second softmax is built. Entropy is a metric: no gradient flows through it.
+  second softmax is built. Entropy is a metric: no gradient flows through it. In
+  chunks of positions when `model.cfg.logits_chunk` is set (`vocab.over_positions`).
   `prefix`: the frozen layers' output, for a model of the layers above them.
   """
   N, T = tokens.shape
