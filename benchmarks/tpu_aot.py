@@ -14,11 +14,12 @@ Pallas splash kernel, against our `model.attention="splash"`; `xla` is its
 counts a scanned layer once; a Pallas kernel's FLOPs are in neither side's count), the
 collectives, and the jax / jaxlib / libtpu that compiled it. `--vocab-tiling N` computes
 the loss's logits in N chunks of positions on both IL sides (MaxText's
-`num_vocab_tiling`, our `model.logits_chunk`); Tunix has no such option. Ours also compiles the
-GRPO update (`grpo_update`, not its reference pass), beside Tunix 0.1.7's (`tunix()`:
-the step its RL Trainer jits, `grpo_loss_fn` wired as GRPOLearner wires it) on the same
-mesh, batch and lengths (`grpo_shape`), in the Tunix venv of benchmarks/tunix_venv.py
-(created on first use, libtpu included); `--skip-tunix` leaves it out.
+`num_vocab_tiling`, our `model.logits_chunk`); Tunix has no such option. Ours also
+compiles the GRPO update (`grpo_update`, not its reference pass), beside Tunix 0.1.7's
+(`tunix()`: the step its RL Trainer jits, `grpo_loss_fn` wired as GRPOLearner wires
+it) on the same mesh, batch and lengths (`grpo_shape`), in the Tunix venv of
+benchmarks/tunix_venv.py (created on first use, libtpu included); `--skip-tunix` leaves
+it out.
 
 The anchor is MaxText 0.2.5's `train_compile` (its `jit_and_compile`, patched to hand
 back the compiled step) in its own virtualenv, since it needs Python >= 3.12 and a
