@@ -32,6 +32,11 @@ REPLAY_ONLY = "act_replay"
 EARLY_EXPERIENCE = ("ee_iwm", "ee_sr")  # stages trained on the branching rollouts
 # Variants whose policy writes a reflection before its action.
 REFLECTING = tuple(v for v, chain in CHAINS.items() if "ee_sr" in chain)
+# Variants that end in a critic stage: judges, not policies. A cached evaluation scores
+# their next action by teacher forcing but does not generate one (no hypothesis reads a
+# critic's written action, and generating 700 of them costs as much as a policy's).
+JUDGES = tuple(v for v, chain in CHAINS.items()
+               if chain and SECTION.get(chain[-1], chain[-1]) == "act")
 
 
 def stage_config(c: ml_collections.ConfigDict, stage: str, seed: int) -> ml_collections.ConfigDict:

@@ -40,7 +40,8 @@ import numpy as np
 
 from act_jax import cached_eval, config_lib, evaluation, loop, params as params_lib
 from act_jax import results as results_lib, stages, storage, workflow
-from act_jax.chains import (CHAINS, EARLY_EXPERIENCE, REFLECTING, SECTION, VARIANTS,  # noqa: F401
+from act_jax.chains import (CHAINS, EARLY_EXPERIENCE, JUDGES, REFLECTING,  # noqa: F401
+                            SECTION, VARIANTS,
                             chain_key, stage_config, stage_fingerprint, validate, variants)
 from act_jax.data import branches as branches_lib, builders, controls, replay as replay_lib
 from act_jax.data import early_experience as ee, examples, prefix_cache, steps as data_steps
@@ -191,15 +192,18 @@ class Pipeline:
           continue  # a settings sweep: the stages' own validation metrics are its result
         ev_key = f"s{seed}/eval_{v}"
         reflect = self._reflection_budget() if v in REFLECTING else 0
+        judge = bool(c.eval.get("cached")) and v in JUDGES  # no generated actions
         st[ev_key] = run_step(
             ev_key, self.path(ev_key), {"model": st[prev], "datasets": st["datasets"]},
-            lambda d, prev=prev, reflect=reflect: self.evaluate(self.path(prev), d, reflect),
+            lambda d, prev=prev, reflect=reflect, judge=judge: self.evaluate(
+                self.path(prev), d, reflect, generate=not judge),
             lambda r: json.dumps({k: round(v.get("success_rate", v.get("next_action_accuracy", 0)),
                                            3)
                                   for k, v in r.items() if isinstance(v, dict)}),
             config=[c.eval.to_dict(), c.env.to_dict(), c.reward.to_dict(), c.prompts.to_dict(),
                     c.data.max_state_tokens, self._judgment_budget()]
-            + ([{"reflection_tokens": reflect}] if reflect else []))
+            + ([{"reflection_tokens": reflect}] if reflect else [])
+            + ([{"generate_actions": False}] if judge else []))
         evals[v][seed] = storage.read_json(self.path(ev_key, "eval.json"))["splits"]
     if not c.pipeline.get("evaluate", True):
       return {}
@@ -337,13 +341,16 @@ class Pipeline:
     """Tokens a reflecting policy (ee_sr) may write before its action."""
     return int(self.c.eval.get("reflection_max_new_tokens", 256))
 
-  def evaluate(self, model_dir: str, out: str, reflection_tokens: int = 0) -> dict[str, Any]:
+  def evaluate(self, model_dir: str, out: str, reflection_tokens: int = 0,
+               generate: bool = True) -> dict[str, Any]:
+    """eval.json for one trained model; `generate=False` (a critic under a cached
+    evaluation) leaves out the generated next action."""
     params = self.params_of(model_dir)
     if self.c.eval.get("cached"):
       report = cached_eval.evaluate(self.c, params, self.tok, self.ctx.gdef,
                                     self.ctx.model_cfg, self.local("datasets"),
                                     self.local("prefix_cache"))
-      if "generate" in evaluation.eval_modes(self.c):  # what the model writes, too
+      if generate and "generate" in evaluation.eval_modes(self.c):  # what it writes, too
         report["splits"].update(evaluation.generated_next_action(
             self.c, self.sampler, params, self.tok, self.local("trajectories"),
             desc=os.path.relpath(out, self.dir)))

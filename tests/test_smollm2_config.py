@@ -58,6 +58,12 @@ def test_smollm2_cpu_config_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert 0 <= r["val_judgment_forced_accuracy"] <= 1 and 0 < r["val_first_letter_rate"] < 1
     assert r["val_judgment_pairs"] > 0
   assert ev["id"]["next_action_states"] == 6 and ev["id"]["judgment_pairs"] == 4
+  # The critic alone is judged, not asked to act: teacher-forced metrics, no generation.
+  judge = json.loads((workdir / "s0" / "eval_act" / "eval.json").read_text())["splits"]
+  assert judge["id"]["judgment_pairs"] == 4 and judge["id"]["next_action_states"] == 6
+  assert not [s for s in judge if s.endswith("[generate]")]
+  assert "id[generate]" in json.loads(
+      (workdir / "s0" / "eval_act_blind" / "eval.json").read_text())["splits"]
   # The chain act -> il trained the top 4 layers only: the bottom 2 and the embeddings
   # are the imported model's, bit for bit.
   base, _ = params_lib.load(str(workdir / "base"))
