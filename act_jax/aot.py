@@ -48,13 +48,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from act_jax import chips, config_lib, flops as flops_lib, gpu_target, hlo_stats, loop, models
 from act_jax import presets
 from act_jax import sharding, step as step_lib
-from act_jax.losses import grpo as grpo_loss
 from act_jax.models import ModelConfig
 from act_jax.sampling import core
 from act_jax.sampling.config import Buckets, SamplingConfig
@@ -412,10 +410,8 @@ def grpo_programs(ctx: loop.Context, sc: ml_collections.ConfigDict, lengths: Len
     out.append(_train_step_program(ctx, sc, "grpo", loss_cfg, g.updates_per_batch, batch,
                                    f"{prefix}_update", T))
   if g.beta > 0 and want(f"{prefix}_ref_logps"):  # as GRPOStage.reference_logps jits it
-    gdef, temp = ctx.gdef, g.temperature
     ref = sharding.with_mesh(
-        lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0],
-        ctx.mesh)
+        grpo_stage.reference_fn(ctx.gdef, C, g.temperature, sc.train.accum_steps), ctx.mesh)
     rows = sharding.batch_sharding(ctx.mesh)
     out.append(compile_program(
         ref, (abstract(models.abstract_params(ctx.model_cfg), ctx.param_shardings),

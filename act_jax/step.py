@@ -164,7 +164,7 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
       unit = lambda k: {j: jnp.asarray(float(j == k), v.dtype) for j, v in sums.items()}
       return sums, denoms, m, {k: pull(unit(k))[0] for k in sums}
 
-    mbs = _split(batch, accum_steps)
+    mbs = microbatches(batch, accum_steps)
     first = jax.tree.map(lambda x: x[0], mbs)
     shapes = jax.eval_shape(one, first)
 
@@ -206,7 +206,7 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
     if updates_per_batch == 1:
       state, metrics = update(state, batch)
       return {**state, "step": state["step"] + 1}, metrics
-    state, per = jax.lax.scan(update, state, _split(batch, updates_per_batch))
+    state, per = jax.lax.scan(update, state, microbatches(batch, updates_per_batch))
     state = {**state, "step": state["step"] + 1}
     metrics = {k: (v.sum() if k in ("skipped", "no_signal") or k.startswith("n_")
                    else v.mean()) for k, v in per.items()}
@@ -215,7 +215,7 @@ def make_train_step(gdef: nnx.GraphDef, loss_name: str, optimizer: optax.Gradien
   return step
 
 
-def _split(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+def microbatches(batch: Any, k: int) -> Any:
   """[B, ...] -> [k, B/k, ...]; part i takes rows i, i+k, ... so each part stays split
   over the batch mesh axes without moving data between devices."""
   return jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[1:]).swapaxes(0, 1), batch)

@@ -2,7 +2,7 @@
 
   python benchmarks/tpu_aot.py [--topology v5p:4x4x4] [--batch-per-chip 1] [--seq 4096]
       [--attention splash|xla] [--same-compiler] [--skip-grpo] [--skip-tunix]
-      [--layers N] [--out rows.json]
+      [--layers N] [--vocab-tiling N] [--out rows.json]
 
 Same model (Qwen3-8B, float32 weights and Adam moments, bfloat16 compute, full remat,
 scanned layers), same global batch (`--batch-per-chip` x chips rows of `--seq` tokens,
@@ -12,11 +12,14 @@ Pallas splash kernel, against our `model.attention="splash"`; `xla` is its
 `dot_product` against our einsum attention). Per side: per-chip HBM
 (`memory_analysis`), matmul FLOPs per chip (`act_jax.hlo_stats`: XLA's cost analysis
 counts a scanned layer once; a Pallas kernel's FLOPs are in neither side's count), the
-collectives, and the jax / jaxlib / libtpu that compiled it. Ours also compiles the
-GRPO update (`grpo_update`, not its reference pass), beside Tunix 0.1.7's (`tunix()`:
-the step its RL Trainer jits, `grpo_loss_fn` wired as GRPOLearner wires it) on the same
-mesh, batch and lengths (`grpo_shape`), in the Tunix venv of benchmarks/tunix_venv.py
-(created on first use, libtpu included); `--skip-tunix` leaves it out.
+collectives, and the jax / jaxlib / libtpu that compiled it. `--vocab-tiling N` computes
+the loss's logits in N chunks of positions on both IL sides (MaxText's
+`num_vocab_tiling`, our `model.logits_chunk`); Tunix has no such option. Ours also
+compiles the GRPO update (`grpo_update`, not its reference pass), beside Tunix 0.1.7's
+(`tunix()`: the step its RL Trainer jits, `grpo_loss_fn` wired as GRPOLearner wires
+it) on the same mesh, batch and lengths (`grpo_shape`), in the Tunix venv of
+benchmarks/tunix_venv.py (created on first use, libtpu included); `--skip-tunix` leaves
+it out.
 
 The anchor is MaxText 0.2.5's `train_compile` (its `jit_and_compile`, patched to hand
 back the compiled step) in its own virtualenv (its ~235 packages are not ours; its jax,
@@ -89,12 +92,12 @@ def grpo_shape(per_chip: int, chips: int, seq: int) -> dict:
 
 
 def ours(topology: str, per_chip: int, seq: int, attention: str, grpo: bool,
-         layers: int | None = None) -> dict:
+         layers: int | None = None, tiling: int = 1) -> dict:
   from act_jax import aot, config_lib
   c = config_lib.base()
   c.model_preset = "qwen3-8b"
   c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True, scan_layers=True,
-                      attention=attention))
+                      attention=attention, logits_chunk=seq // tiling if tiling > 1 else 0))
   if layers:
     c.model.num_layers = layers
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
@@ -136,14 +139,14 @@ def tunix(topology: str, per_chip: int, seq: int, attention: str,
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from jax.experimental import topologies
   from jax.sharding import AxisType, NamedSharding, PartitionSpec
   from tunix.models.qwen3 import model as qwen3_lib
   from tunix.rl.grpo import grpo_learner
   import tunix_baseline  # benchmarks/: the Trainer wiring of the CPU benchmark
+  from act_jax import aot  # the slice as ours gets it, wraparound links included
 
   qwen3_lib.shard = tunix_shard
-  devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+  devices = aot.topology_devices(topology)
   mesh = jax.make_mesh((len(devices), 1), ("fsdp", "tp"), devices=devices,
                        axis_types=(AxisType.Auto,) * 2)
   cfg = dataclasses.replace(
@@ -194,7 +197,7 @@ def tunix(topology: str, per_chip: int, seq: int, attention: str,
 
 
 def maxtext(topology: str, per_chip: int, seq: int, attention: str,
-            layers: int | None = None) -> dict:
+            layers: int | None = None, tiling: int = 1) -> dict:
   """Runs inside the MaxText venv: its train_compile, the compiled step captured."""
   from maxtext.trainers.pre_train import train_compile as tc
   captured = {}
@@ -214,7 +217,8 @@ def maxtext(topology: str, per_chip: int, seq: int, attention: str,
            f"per_device_batch_size={per_chip}", f"max_target_length={seq}",
            "remat_policy=full", "weight_dtype=float32", "dtype=bfloat16",
            "ici_fsdp_parallelism=-1", "enable_checkpointing=false", "base_output_directory=/tmp",
-           f"attention={MAXTEXT_ATTENTION[attention]}", "scan_layers=true"]
+           f"attention={MAXTEXT_ATTENTION[attention]}", "scan_layers=true",
+           f"num_vocab_tiling={tiling}"]
           + ([f"base_num_decoder_layers={layers}", "override_model_config=true"] if layers
              else []))
   return {"versions": versions(),
@@ -228,7 +232,8 @@ def run_side(python: Path, side: str, a: argparse.Namespace) -> dict:
     out = Path(tmp) / f"{side}.json"
     cmd = [str(python), __file__, "--side", side, "--side-out", str(out),
            "--topology", a.topology, "--batch-per-chip", str(a.batch_per_chip),
-           "--seq", str(a.seq), "--attention", a.attention, "--skip-grpo"]
+           "--seq", str(a.seq), "--attention", a.attention, "--skip-grpo",
+           "--vocab-tiling", str(a.vocab_tiling)]
     if a.layers:
       cmd += ["--layers", str(a.layers)]
     print(f"[{side}]", " ".join(cmd), flush=True)
@@ -259,6 +264,9 @@ def main() -> None:
   ap.add_argument("--skip-grpo", action="store_true", help="IL step only (no Tunix side)")
   ap.add_argument("--layers", type=int, help="fewer decoder layers (all sides), for a quick "
                   "check; default the model's 36")
+  ap.add_argument("--vocab-tiling", type=int, default=1,
+                  help="the loss's logits in this many chunks of each row (MaxText's "
+                  "num_vocab_tiling; ours model.logits_chunk = seq / N; not Tunix's)")
   tunix_venv.add_arguments(ap)
   ap.add_argument("--out", help="also write every side's rows (largest buffers too) here")
   ap.add_argument("--side", choices=("maxtext", "ours", "tunix"), help=argparse.SUPPRESS)
@@ -266,9 +274,9 @@ def main() -> None:
   a = ap.parse_args()
   if a.side:
     sides = {"maxtext": lambda: maxtext(a.topology, a.batch_per_chip, a.seq, a.attention,
-                                        a.layers),
+                                        a.layers, a.vocab_tiling),
              "ours": lambda: ours(a.topology, a.batch_per_chip, a.seq, a.attention,
-                                  not a.skip_grpo, a.layers),
+                                  not a.skip_grpo, a.layers, a.vocab_tiling),
              "tunix": lambda: tunix(a.topology, a.batch_per_chip, a.seq, a.attention,
                                     a.layers)}
     Path(a.side_out).write_text(json.dumps(sides[a.side]()))
@@ -277,10 +285,12 @@ def main() -> None:
   if not python.exists():
     sys.exit(f"{python} not found: see this file's docstring for the MaxText venv")
   theirs = run_side(python, "maxtext", a)
-  mine = ours(a.topology, a.batch_per_chip, a.seq, a.attention, not a.skip_grpo, a.layers)
+  mine = ours(a.topology, a.batch_per_chip, a.seq, a.attention, not a.skip_grpo, a.layers,
+              a.vocab_tiling)
   print(f"Qwen3-8B{f' ({a.layers} layers)' if a.layers else ''}, {a.topology}, "
         f"{a.batch_per_chip} x {a.seq} tokens per chip, "
-        f"attention {a.attention} (MaxText {MAXTEXT_ATTENTION[a.attention]})")
+        f"attention {a.attention} (MaxText {MAXTEXT_ATTENTION[a.attention]}), "
+        f"vocabulary tiling {a.vocab_tiling}")
   sides = [("maxtext", theirs), ("ours", mine)]
   il = lambda r, key: r["programs"]["il_step"][key]
   grpo = lambda r, key: r["programs"]["grpo_update"][key]

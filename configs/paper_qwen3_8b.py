@@ -43,7 +43,7 @@ def get_config():
   # Every model choice compiled both ways in docs/tpu_aot.md is named here, so the command
   # line can override it (--config.model.attention=splash).
   c.model.update(dict(param_dtype="float32", dtype="bfloat16", remat=True, scan_layers=True,
-                      attention="xla"))
+                      attention="xla", logits_chunk=0))
   c.mesh_preset = "tpu_v5p_64"
   # 1 correct / 0 wrong [V: "rewarded only for selecting correctly"]
   c.reward = config_lib.judgment_reward()

@@ -54,16 +54,17 @@ def get_config(arg: str = "gpu"):
     rl = config_lib.grpo(group_size=4, max_new_tokens=16, beta=0.0)
     steps, batch, lr = 63, 16, 3e-4  # IL: one epoch of the 1,008 training states
     critic_steps = 128  # chosen on validation (docs/smollm2.md, the critic study)
+    critic_eval_every = 16  # its validation curve (val_* metrics), as the study logged it
   else:
     critic = config_lib.grpo(group_size=8, max_new_tokens=512, beta=1e-3)
     rl = config_lib.grpo(group_size=8, max_new_tokens=512, beta=1e-3)
     steps, batch, lr = 300, 32, 1e-6
-    critic_steps = steps
+    critic_steps, critic_eval_every = steps, None
   stage = config_lib.stage
   c.stages = ml_collections.ConfigDict(dict(
       base=stage(steps=0, batch_size=8, lr=0.0, rollouts_per_game=0),  # imported, not trained
       act=stage(steps=critic_steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top,
-                grpo=critic),
+                eval_every=critic_eval_every, grpo=critic),
       il=stage(steps=steps, batch_size=batch, lr=lr if cpu else 1e-5, warmup_steps=3,
                trainable=top),
       rl=stage(steps=steps, batch_size=batch, lr=lr, warmup_steps=3, trainable=top, grpo=rl)))

@@ -31,7 +31,8 @@ def tiny_config(**model):
   c.pipeline.model_dir = ""
   c.model.update({**dict(arch="qwen3", vocab_size=256, hidden_size=128, intermediate_size=256,
                          num_layers=1, num_heads=4, num_kv_heads=2, head_dim=32, qk_norm=True,
-                         tie_embeddings=False, eos_token_id=1, pad_token_id=0), **model})
+                         tie_embeddings=False, eos_token_id=1, pad_token_id=0,
+                         logits_chunk=4), **model})  # the losses' logits in chunks (vocab.py)
   c.mesh_preset = "auto"
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.data.max_state_tokens = 32

@@ -1,6 +1,7 @@
 """Both A/B orders of every critic pair in one batch: a letter preference earns nothing
 and, with the orders together, gets no gradient."""
 import itertools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ class LetterBias:
     w = w.at[ids["?"], ids["Answer:"]].set(0.0).at[ids["A"], synthetic_critic.EOS].set(0.0)
     w = w.at[ids["B"], synthetic_critic.EOS].set(0.0)
     self.w = w.at[ids["Answer:"], ids["A"]].set(b).at[ids["Answer:"], ids["B"]].set(-b)
+    self.cfg = types.SimpleNamespace(logits_chunk=0)  # the decoder settings losses read
 
   def hidden(self, tokens, positions, mask, x=None):
     return jax.nn.one_hot(tokens, self.w.shape[0])

@@ -258,7 +258,7 @@ class Bigram:
   a critic whose answers can be set to any saturation."""
 
   def __init__(self, w):
-    self.w = w
+    self.w, self.cfg = w, CFG  # cfg: the decoder's settings the losses read
 
   def hidden(self, tokens, positions, mask, x=None):
     return jax.nn.one_hot(tokens, self.w.shape[0], dtype=self.w.dtype)

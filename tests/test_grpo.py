@@ -1,5 +1,6 @@
 """The GRPO loss and advantages against a straightforward NumPy implementation, and
 its gradient on an 8-device mesh against one device."""
+import dataclasses
 import functools
 import itertools
 
@@ -278,6 +279,38 @@ def test_kl_anchor_holds_when_every_group_is_filtered():
   assert int(m["no_signal"]) == 0
   for new, old, g in zip(*(jax.tree.leaves(x) for x in (state["params"], params, want))):
     np.testing.assert_allclose(np.asarray(old) - np.asarray(new), g, rtol=2e-4, atol=1e-7)
+
+
+def test_logits_in_chunks_give_the_same_log_probs_entropies_and_update():
+  """model.logits_chunk=4 over C=6 completion positions (two chunks, the last padded):
+  log-probs against the NumPy reference, entropies and one GRPO update against the
+  model computing all positions at once."""
+  params, batch, want, _ = random_batch()
+  chunked = dataclasses.replace(CFG, logits_chunk=4)
+  tokens, mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"])
+  (lp, ent), (lp0, ent0) = (
+      grpo.completion_logprobs(nnx.merge(graphdef(cfg), params), tokens, mask, C,
+                               with_entropy=True) for cfg in (chunked, CFG))
+  np.testing.assert_allclose(lp, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ent, ent0, rtol=1e-5, atol=1e-6)
+  opt = optax.sgd(1.0)
+  out = [jax.jit(step_lib.make_train_step(graphdef(cfg), "grpo", opt,
+                                          grpo.GRPOConfig(beta=0.1)))(
+      step_lib.init_state(params, opt, 0), batch) for cfg in (chunked, CFG)]
+  (a, ma), (b, mb) = out
+  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_reference_pass_in_microbatches_keeps_every_row_in_place(accum):
+  """The reference log-probs computed in `train.accum_steps` microbatches (rows i, i+k,
+  ... each, as the train step splits them) are the one-pass ones, row for row."""
+  params, batch, want, _ = random_batch()
+  tokens, mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"])
+  got = jax.jit(grpo_stage.reference_fn(graphdef(CFG), C, 1.0, accum))(params, tokens, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_accumulated_terms_equal_one_microbatch():

@@ -133,8 +133,18 @@ def test_parameter_count_matches_published(name):
     (dict(rope_scaling={"rope_type": "yarn"}), "config.model.rope_scaling"),
     (dict(dtype="float16"), "config.model.dtype"),
     (dict(attention="flash"), "config.model.attention"),
+    (dict(logits_chunk=-1), "config.model.logits_chunk"),
     (dict(hidden=3), "config.model: unknown field"),
 ])
 def test_bad_model_config_names_the_field(fields, match):
   with pytest.raises(ValueError, match=match):
     ModelConfig.from_dict(fields)
+
+
+def test_a_newer_field_is_written_only_when_set():
+  """Runs made before `logits_chunk` existed keep their fingerprints and cache keys: the
+  field is left out of to_dict at its default, and round-trips when set."""
+  assert "logits_chunk" not in ModelConfig().to_dict()
+  cfg = ModelConfig(logits_chunk=512)
+  assert cfg.to_dict()["logits_chunk"] == 512
+  assert ModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from act_jax.losses import register
+from act_jax.losses import register, vocab
 from act_jax.models import positions_from_mask
 from act_jax.registry import Registry
 
@@ -84,7 +84,8 @@ def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completio
   are never needed), as one 2-D [N*C, D] x [D, V] matmul (XLA:CPU runs the weight
   gradient of a 3-D one well below matmul speed). log p = logit[target] - log sum
   exp, and the entropy reuses the same exponentials, so no [N, C, V] log-softmax or
-  second softmax is built. Entropy is a metric: no gradient flows through it.
+  second softmax is built. Entropy is a metric: no gradient flows through it. In
+  chunks of positions when `model.cfg.logits_chunk` is set (`vocab.over_positions`).
   `prefix`: the frozen layers' output, for a model of the layers above them.
   """
   N, T = tokens.shape
@@ -92,18 +93,20 @@ def completion_logprobs(model, tokens: jax.Array, mask: jax.Array, num_completio
   mask = mask.astype(bool)
   h = model.hidden(tokens, positions_from_mask(mask), mask, x=prefix)
   h = h[:, T - C - 1:T - 1]
-  logits = model.logits(h.reshape(N * C, h.shape[-1])).reshape(N, C, -1)
-  if temperature != 1.0:
-    logits = logits / temperature
-  logp = token_logprob(logits, tokens[:, T - C:])
-  entropy = None
-  if with_entropy:
+
+  def logprob(logits, targets):
+    if temperature != 1.0:
+      logits = logits / temperature
+    logp = token_logprob(logits, targets)
+    if not with_entropy:
+      return logp, None
     top = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - top)
     total = jnp.sum(e, axis=-1)
-    entropy = jax.lax.stop_gradient(top[..., 0] + jnp.log(total)
-                                    - jnp.sum(e * logits, axis=-1) / total)
-  return logp, entropy
+    return logp, jax.lax.stop_gradient(top[..., 0] + jnp.log(total)
+                                       - jnp.sum(e * logits, axis=-1) / total)
+
+  return vocab.over_positions(model, h, logprob, tokens[:, T - C:])
 
 
 @jax.custom_vjp

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from act_jax.losses import register
+from act_jax.losses import register, vocab
 from act_jax.models import positions_from_mask
 
 
@@ -21,12 +21,15 @@ def target_logprobs(model, h: jax.Array, targets: jax.Array) -> jax.Array:
   The target's logit is a masked sum over the vocabulary, not `take_along_axis`: the
   gradient of a gather is a scatter into a zeroed float32 [B, M, V] buffer, which
   XLA:TPU keeps beside the logits (2.3 GiB per chip for 4k tokens of Qwen3-8B's
-  vocabulary); a select's gradient is elementwise and fuses into the softmax's."""
-  B, M, D = h.shape
-  logits = model.logits(h.reshape(B * M, D)).reshape(B, M, -1)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  is_target = jnp.arange(logits.shape[-1]) == targets[..., None]
-  return jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - lse
+  vocabulary); a select's gradient is elementwise and fuses into the softmax's.
+  In chunks of positions when `model.cfg.logits_chunk` is set (`vocab.over_positions`)."""
+
+  def logprob(logits, targets):
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    is_target = jnp.arange(logits.shape[-1]) == targets[..., None]
+    return jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1) - lse
+
+  return vocab.over_positions(model, h, logprob, targets)
 
 
 @register("next_token")

@@ -19,6 +19,9 @@ ATTENTION = ("xla", "dot_product", "splash")
 _ROPE_SCALING_TYPES = ("llama3",)
 
 
+_NEWER = {"logits_chunk": 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Everything the decoder's shapes and numerics depend on."""
@@ -42,6 +45,9 @@ class ModelConfig:
   scan_layers: bool = True
   remat: bool = False
   attention: str = "xla"
+  # Positions per row whose vocabulary projection a loss computes at a time, recomputed
+  # in backward (`losses.vocab`); 0: all at once. Memory, not results.
+  logits_chunk: int = 0
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
@@ -57,6 +63,8 @@ class ModelConfig:
     for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
               "num_heads", "num_kv_heads", "head_dim"):
       _check(getattr(self, f) > 0, f, f"must be positive, got {getattr(self, f)}")
+    _check(self.logits_chunk >= 0, "logits_chunk",
+           f"must be >= 0 (0: no chunks), got {self.logits_chunk}")
     _check(self.num_heads % self.num_kv_heads == 0, "num_heads",
            f"{self.num_heads} heads are not a multiple of num_kv_heads={self.num_kv_heads}")
     _check(self.head_dim % 2 == 0, "head_dim", "RoPE needs an even head_dim")
@@ -80,7 +88,12 @@ class ModelConfig:
     return cls(**d)
 
   def to_dict(self) -> dict[str, Any]:
+    """The fields as plain data; those added after runs were made (`_NEWER`) only when
+    set, so those runs' stage fingerprints and prefix caches keep their keys."""
     d = dataclasses.asdict(self)
+    for f, default in _NEWER.items():
+      if d[f] == default:
+        del d[f]
     if self.rope_scaling is not None:
       d["rope_scaling"] = dict(self.rope_scaling)
     if isinstance(self.eos_token_id, tuple):

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from act_jax import config_lib, loop, models, rewards as rewards_lib, sharding
+from act_jax import step as step_lib
 from act_jax.data import pipeline
 from act_jax.losses import grpo as grpo_loss
 from act_jax.sampling import Result, Sampler, SamplingConfig
@@ -224,6 +225,25 @@ def group_advantages(rewards: np.ndarray, group_size: int, estimator: str,
 # --- The stage ------------------------------------------------------------------------
 
 
+def reference_fn(gdef: nnx.GraphDef, num_completion: int, temperature: float,
+                 accum_steps: int = 1) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:
+  """(params, tokens, mask) -> the completions' log-probs [N, C] under params, in
+  `accum_steps` microbatches split as the train step splits its batch
+  (`step.microbatches`), so the reference pass holds no more activations than the
+  update it feeds."""
+  def logps(p, t, m):
+    return grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, num_completion,
+                                         temperature)[0]
+
+  if accum_steps == 1:
+    return logps
+
+  def accumulated(p, t, m):
+    out = jax.lax.map(lambda tm: logps(p, *tm), step_lib.microbatches((t, m), accum_steps))
+    return out.swapaxes(0, 1).reshape(-1, num_completion)  # rows back in their order
+  return accumulated
+
+
 class GRPOStage(loop.Stage):
   """GRPO on prompts from `train_source`, scored by `reward`.
 
@@ -328,11 +348,9 @@ class GRPOStage(loop.Stage):
     """Per-token log-probs of the completions under the frozen reference model."""
     if self._ref_params is None:
       self._ref_params = self._load_reference(ctx, state)
-      C = batch["completion_mask"].shape[1]
-      gdef, temp = ctx.gdef, self.loss_cfg.temperature
       self._ref_fn = jax.jit(sharding.with_mesh(  # rows split, as in the train step
-          lambda p, t, m: grpo_loss.completion_logprobs(nnx.merge(gdef, p), t, m, C, temp)[0],
-          ctx.mesh))
+          reference_fn(ctx.gdef, batch["completion_mask"].shape[1],
+                       self.loss_cfg.temperature, self.config.train.accum_steps), ctx.mesh))
     dev = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, ctx.mesh)
     return host_rows(self._ref_fn(self._ref_params, dev["tokens"], dev["mask"]))
 
