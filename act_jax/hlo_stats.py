@@ -362,7 +362,8 @@ def instr_bytes(ins: Instr, shapes: dict[str, list[Array]],
   counts them (`HloCostAnalysis`, TPU tile padding included): operands + outputs, less
   for slices (what they keep), dynamic updates (the update) and fusions (what they
   read and write, not their internals); an asynchronous copy (`copy-start` /
-  `copy-done`, e.g. a prefetch into on-chip memory) twice its array at each end."""
+  `copy-done`, e.g. a prefetch into on-chip memory) twice its array at each end; an
+  asynchronous slice (`slice-start` / `slice-done`) its slice once."""
   operands = lambda idx: sum(_stored(shapes.get(ins.operands[i], [])) for i in idx)
   if ins.opcode in _FREE:
     return 0.0
@@ -372,6 +373,10 @@ def instr_bytes(ins: Instr, shapes: dict[str, list[Array]],
     return 2 * operands([0])
   if ins.opcode == "copy-done":
     return 2 * _stored(ins.out)
+  if ins.opcode == "slice-start":  # asynchronous slice (libtpu 0.0.52), out = (operand,
+    return _stored(ins.out[1:2])   # slice, context): the slice read once, as XLA counts it
+  if ins.opcode == "slice-done":
+    return 0.0
   rest = range(1, len(ins.operands))
   if ins.opcode in ("slice", "dynamic-slice"):
     return 2 * _stored(ins.out) + operands(rest)

@@ -22,8 +22,8 @@ benchmarks/tunix_venv.py (created on first use, libtpu included); `--skip-tunix`
 it out.
 
 The anchor is MaxText 0.2.5's `train_compile` (its `jit_and_compile`, patched to hand
-back the compiled step) in its own virtualenv, since it needs Python >= 3.12 and a
-newer jax/libtpu than ours:
+back the compiled step) in its own virtualenv (its ~235 packages are not ours; its jax,
+jaxlib and libtpu are the versions requirements*.txt pin):
   python3.12 -m venv benchmarks/.venv-maxtext   # any Python >= 3.12
   benchmarks/.venv-maxtext/bin/pip install "maxtext[tpu]==0.2.5"
 `--same-compiler` also compiles our step in that venv (act_jax imports there), so the
@@ -238,7 +238,7 @@ def run_side(python: Path, side: str, a: argparse.Namespace) -> dict:
       cmd += ["--layers", str(a.layers)]
     print(f"[{side}]", " ".join(cmd), flush=True)
     # Importing libtpu sets TPU_LIBRARY_PATH to this interpreter's libtpu.so: the other
-    # venv's jax must load its own (else jax 0.12 runs our libtpu 0.0.42.1).
+    # venv's jax must load its own (else it runs ours, whatever the two versions).
     env = {k: v for k, v in os.environ.items() if k != "TPU_LIBRARY_PATH"}
     subprocess.run(cmd, check=True, env=env)
     return json.loads(out.read_text())

@@ -51,7 +51,7 @@ options (environment variable in brackets; flags win):
   --wait                  [WAIT=1] create: block until the TPU is ACTIVE
   --git URL               [GIT_URL] setup: git clone URL instead of copying
   --ref REF               [GIT_REF] setup: commit/branch/tag to check out
-  --python-version X.Y    [PYTHON_VERSION] setup: venv python (default 3.11)
+  --python-version X.Y    [PYTHON_VERSION] setup: venv python (default 3.12)
   --detach                [DETACH=1] run: start and return, don't follow the log
   --worker W              [WORKER] logs: worker index or `all` (default 0)
   --lines N               [LOG_LINES] logs: lines of history to show (default 100)
@@ -139,7 +139,7 @@ wait_active() {
 
 cmd_setup() {
   require setup PROJECT ZONE TPU_NAME
-  local code venv py=${PYTHON_VERSION:-3.11} fetch
+  local code venv py=${PYTHON_VERSION:-3.12} fetch
   code=$(rpath "$CODE_DIR")
   venv=$(rpath "$VENV_DIR")
   if [[ -n ${GIT_URL:-} ]]; then
@@ -172,7 +172,7 @@ git -C $code checkout --force --detach \"\$r\""
   fi
   # uv brings its own Python where the image's is too old for the pinned jax.
   # The package (pyproject.toml) installs the pins of requirements.txt, and its
-  # extra (JAX_EXTRA, default tpu) jax[tpu] at the same jax version.
+  # extra (JAX_EXTRA, default tpu) jax with libtpu (requirements-tpu.txt).
   local install
   install="set -e; $fetch; cd $code; \
 if ! [ -x ~/.local/bin/uv ]; then python3 -m pip install --user -q uv || \
