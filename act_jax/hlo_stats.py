@@ -275,6 +275,9 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
 # are counted as computations of their own).
 _FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
          "while", "call", "conditional"}
+# libtpu 0.0.52's asynchronous slices (into on-chip memory), each with its `-done`.
+_ASYNC_SLICES = ("slice-start", "dynamic-slice-start", "dynamic-update-slice-start")
+_ASYNC_SLICES_DONE = tuple(op.replace("-start", "-done") for op in _ASYNC_SLICES)
 _CONTROL = ("body", "condition", "true_computation", "false_computation",
             "branch_computations")
 
@@ -363,7 +366,8 @@ def instr_bytes(ins: Instr, shapes: dict[str, list[Array]],
   for slices (what they keep), dynamic updates (the update) and fusions (what they
   read and write, not their internals); an asynchronous copy (`copy-start` /
   `copy-done`, e.g. a prefetch into on-chip memory) twice its array at each end; an
-  asynchronous slice (`slice-start` / `slice-done`) its slice once."""
+  asynchronous slice (`slice-start`, `dynamic-slice-start`, `dynamic-update-slice-start`
+  and their `-done`) the slice or update once."""
   operands = lambda idx: sum(_stored(shapes.get(ins.operands[i], [])) for i in idx)
   if ins.opcode in _FREE:
     return 0.0
@@ -373,9 +377,11 @@ def instr_bytes(ins: Instr, shapes: dict[str, list[Array]],
     return 2 * operands([0])
   if ins.opcode == "copy-done":
     return 2 * _stored(ins.out)
-  if ins.opcode == "slice-start":  # asynchronous slice (libtpu 0.0.52), out = (operand,
-    return _stored(ins.out[1:2])   # slice, context): the slice read once, as XLA counts it
-  if ins.opcode == "slice-done":
+  if ins.opcode in _ASYNC_SLICES:  # out: (operands, result, context)
+    n = len(ins.operands)
+    moved = ins.out[1:2] if ins.opcode == "dynamic-update-slice-start" else ins.out[n:-1]
+    return _stored(moved)
+  if ins.opcode in _ASYNC_SLICES_DONE:
     return 0.0
   rest = range(1, len(ins.operands))
   if ins.opcode in ("slice", "dynamic-slice"):

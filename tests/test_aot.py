@@ -221,21 +221,28 @@ def test_hlo_bytes_count_each_instruction_as_xla_and_every_iteration():
 
 ASYNC_SLICE_HLO = """HloModule m
 
-ENTRY %main.1 (p.1: s8[16777216]) -> s8[4194304] {
+ENTRY %main.1 (p.1: s8[16777216], k.1: f32[4096,4,4], i.1: s32[]) -> (s8[4194304], f32[128,4,4]) {
   %p.1 = s8[16777216]{0:T(1024)(128)(4,1)} parameter(0)
+  %k.1 = f32[4096,4,4]{0,2,1:T(4,128)} parameter(1)
+  %i.1 = s32[] parameter(2)
   %slice-start.1 = ((s8[16777216]{0:T(1024)(128)(4,1)}), s8[4194304]{0:T(1024)(128)(4,1)S(1)}, s32[]{:S(2)}) slice-start(%p.1), slice={[0:4194304]}, backend_config={"dma_priority":1}
-  ROOT %slice-done.1 = s8[4194304]{0:T(1024)(128)(4,1)S(1)} slice-done(%slice-start.1), backend_config={"dma_priority":1}
+  %slice-done.1 = s8[4194304]{0:T(1024)(128)(4,1)S(1)} slice-done(%slice-start.1), backend_config={"dma_priority":1}
+  %ds.call-start = ((f32[4096,4,4]{0,2,1:T(4,128)}, s32[], s32[], s32[]), f32[128,4,4]{0,2,1:T(4,128)S(1)}, s32[]{:S(2)}) dynamic-slice-start(%k.1, %i.1, %i.1, %i.1), dynamic_slice_sizes={128,4,4}
+  %ds.call-done = f32[128,4,4]{0,2,1:T(4,128)S(1)} dynamic-slice-done(%ds.call-start)
+  ROOT %t = (s8[4194304]{0:T(1024)(128)(4,1)S(1)}, f32[128,4,4]{0,2,1:T(4,128)S(1)}) tuple(%slice-done.1, %ds.call-done)
 }
 """
 
 
 def test_hlo_bytes_count_an_asynchronous_slice_once():
-  """libtpu 0.0.52 moves weight and cache slices into on-chip memory with `slice-start`
-  / `slice-done` pairs (the instructions above are copied from the paper config's
-  v6e:8x8 decode step, where there are 1,010). The pair reads its 4 MiB slice of the
-  16 MiB operand once; counted as generic instructions (operands + the start's tuple)
-  the decode step came to 150.7 GB per step against XLA's 34.4 GB, with the rule 34.5."""
-  assert hlo_stats.bytes_accessed(ASYNC_SLICE_HLO) == 4194304
+  """libtpu 0.0.52 moves weight, cache and activation slices into on-chip memory with
+  `slice-start` / `dynamic-slice-start` (and update) pairs (the instructions above are
+  copied from the paper config's v6e:8x8 sampler programs, where there are ~1,000 per
+  program). A pair moves its slice once: 4 MiB of the 16 MiB operand, and 128 x 4 x 4
+  float32 (its layout puts the 128 rows minor, so the (4, 128) tiles fit). Counted as
+  generic instructions (every operand + the start's tuple, which holds the operand),
+  the v6e decode step came to 150.7 GB per step against XLA's 34.4 GB (34.5 now)."""
+  assert hlo_stats.bytes_accessed(ASYNC_SLICE_HLO) == 4 * 2**20 + 128 * 4 * 4 * 4
 
 
 def test_hlo_bytes_of_scanned_layers_match_the_unrolled_program():
