@@ -38,7 +38,7 @@ class GpuTarget:
   thread_dim_limit_x: int = 1024
   thread_dim_limit_y: int = 1024
   thread_dim_limit_z: int = 64
-  cudnn_version: tuple[int, int, int] = (9, 8, 0)  # the plugin's minimum (jax 0.10.2)
+  cudnn_version: tuple[int, int, int] = (9, 10, 2)  # the plugin's minimum (jax 0.12.0.1)
   source: str = ""
 
 
