@@ -9,6 +9,11 @@ data steps have finished (the critics' stage directories may lie in other workdi
       --reference blind [--splits validation,id,ood_test_fold] [--out DIR] \\
       [--config.stages.act.trainable=top:K]
 
+A critic directory with `{seed}` in it (`real=WORKDIR/s{seed}/act`) is scored once per
+--seeds entry: its accuracy is then the mean over seeds with a t-interval, and its delta
+against the reference is paired seed by seed (a critic without `{seed}`, θ0, is the same
+model in every seed). With one seed the interval is the bootstrap over episodes.
+
 All critics are scored with the act stage's trainable depth (its frozen prefix's cache),
 which must be at least the depth any of them was trained at. --out DIR gets critics.json,
 critics.png (each critic's accuracy per split) and critic_deltas.png (the paired deltas).
@@ -17,6 +22,7 @@ import json
 import os
 from typing import Sequence
 
+import numpy as np
 from absl import app, flags
 
 from act_jax import config_lib, evaluation, figures, stats, storage
@@ -30,8 +36,10 @@ flags.DEFINE_string("critics", None, "name=stage_dir,... (a stage directory hold
 flags.DEFINE_string("reference", None, "the critic every other one is compared with")
 flags.DEFINE_list("splits", ["validation"], "validation and/or held-out env splits")
 flags.DEFINE_string("out", None, "write critics.json and the two figures into this folder")
+flags.DEFINE_list("seeds", ["0"], "the seeds put into a critic directory's {seed}")
 METRIC = "judgment_forced_accuracy"
-WHAT = "seed 0; 95% interval: bootstrap over episodes"
+# What a critic's score is averaged over: the seeds' runs, or each pair's A/B orders.
+MEANS = (METRIC, METRIC + "_A", METRIC + "_B", "first_letter_rate")
 
 
 def split_pairs(p: Pipeline, split: str) -> list:
@@ -57,28 +65,57 @@ def main(argv: Sequence[str]) -> None:
   depth = stage_config(p.c, "act", 0).train.trainable
   trainable = Trainable.parse(depth, p.ctx.model_cfg.num_layers)
   scorers = {s: p.forced_choice(split_pairs(p, s), trainable) for s in f.splits}
-  report = {"trainable": depth, "critics": dict(critics), "splits": {}}
+  report = {"trainable": depth, "critics": dict(critics), "seeds": f.seeds, "splits": {}}
+  runs = {}  # {split: {critic: {seed or None: score}}}
   for name, stage_dir in critics.items():
-    params = p.params_of(stage_dir)
-    for split, score in scorers.items():
-      report["splits"].setdefault(split, {})[name] = score(params)
-      r = report["splits"][split][name]
-      print(f"{split:15s} {name:10s} {100 * r[METRIC]:5.1f} "
-            f"[A {100 * r[METRIC + '_A']:5.1f} / B {100 * r[METRIC + '_B']:5.1f}] "
-            f"first-letter {r['first_letter_rate']:.2f}", flush=True)
+    for seed in ([int(s) for s in f.seeds] if "{seed}" in stage_dir else [None]):
+      params = p.params_of(stage_dir.format(seed=seed))
+      for split, score in scorers.items():
+        r = runs.setdefault(split, {}).setdefault(name, {})[seed] = score(params)
+        print(f"{split:15s} {name:10s} {'' if seed is None else f's{seed}':3s} {100 * r[METRIC]:5.1f} "
+              f"[A {100 * r[METRIC + '_A']:5.1f} / B {100 * r[METRIC + '_B']:5.1f}] "
+              f"first-letter {r['first_letter_rate']:.2f}", flush=True)
+  seeded = any(len(by_seed) > 1 for by_critic in runs.values() for by_seed in by_critic.values())
+  report["interval"] = ("t over seeds" if seeded else "bootstrap over episodes")
+  for split, by_critic in runs.items():
+    report["splits"][split] = {name: summary(by_seed) for name, by_seed in by_critic.items()}
   if f.reference is not None:
-    for split, by_critic in report["splits"].items():
+    for split, by_critic in runs.items():
       ref = by_critic[f.reference]
-      clusters = dict(enumerate(ref[METRIC + "_unit_cluster"]))
-      units = lambda r: dict(enumerate(r[METRIC + "_per_unit"]))
-      deltas = {name: stats.paired_outcome_deltas({0: units(r)}, units(ref), clusters)
-                for name, r in by_critic.items() if name != f.reference}
+      deltas = {name: delta(by_seed, ref, f.seeds) for name, by_seed in by_critic.items()
+                if name != f.reference}
       report.setdefault("deltas", {})[split] = {"reference": f.reference, **deltas}
       for name, d in deltas.items():
         print(f"{split:15s} {name} - {f.reference}: {100 * d['mean']:+.1f} "
               f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]", flush=True)
   if f.out:
     write(f.out, report, list(critics))
+
+
+def summary(by_seed: dict) -> dict:
+  """One run's score as it is; several seeds' as their means, with a t-interval for the
+  accuracy and every seed's score kept."""
+  if len(by_seed) == 1:
+    (only,) = by_seed.values()
+    return only
+  scores = [by_seed[s] for s in sorted(by_seed)]
+  out = {k: float(np.mean([r[k] for r in scores])) for k in MEANS}
+  out[METRIC + "_ci95"] = list(stats.mean_ci([r[METRIC] for r in scores])[1:])
+  out["per_seed"] = {str(s): by_seed[s] for s in sorted(by_seed)}
+  return out
+
+
+def delta(by_seed: dict, ref: dict, seeds: list[str]) -> dict:
+  """critic − reference. With one run each, paired pair by pair (a bootstrap over
+  episodes); with seeds, paired seed by seed (a t-interval), a seedless critic (θ0)
+  being the same model in each."""
+  if len(by_seed) == 1 and len(ref) == 1:
+    (r,), (base,) = by_seed.values(), ref.values()
+    units = lambda x: dict(enumerate(x[METRIC + "_per_unit"]))
+    return stats.paired_outcome_deltas({0: units(r)}, units(base),
+                                       dict(enumerate(base[METRIC + "_unit_cluster"])))
+  per_seed = lambda runs: {int(s): runs.get(int(s), runs.get(None))[METRIC] for s in seeds}
+  return stats.paired_deltas(per_seed(by_seed), per_seed(ref))
 
 
 def write(out: str, report: dict, order: list[str]) -> None:
@@ -89,7 +126,8 @@ def write(out: str, report: dict, order: list[str]) -> None:
   variants = {name: {split: {METRIC: {"mean": by[name][METRIC],
                                       "ci95": by[name][METRIC + "_ci95"]}}
                      for split, by in report["splits"].items()} for name in order}
-  figures.plot_variants(os.path.join(out, "critics.png"), variants, order, WHAT)
+  what = f"seeds {', '.join(report['seeds'])}; 95% interval: {report['interval']}"
+  figures.plot_variants(os.path.join(out, "critics.png"), variants, order, what)
   paired = {}
   for split, d in report.get("deltas", {}).items():
     for name, delta in d.items():
@@ -97,7 +135,7 @@ def write(out: str, report: dict, order: list[str]) -> None:
         paired.setdefault(f"{name} − {d['reference']}", {})[split] = {METRIC: delta}
   if paired:
     figures.plot_deltas(os.path.join(out, "critic_deltas.png"), paired,
-                        "forced choice, paired pair by pair; " + WHAT)
+                        "forced choice, paired; " + what)
 
 
 if __name__ == "__main__":
