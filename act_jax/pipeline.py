@@ -367,10 +367,12 @@ class Pipeline:
     the run's first seed (`pipeline.first_seed`: a seed slice trained no other) in HF
     format under export/; an export already there is kept."""
     order = [v for v in variants(self.c) if v in evals]
+    curves = results_lib.read_curves(self.dir)
     doc = results_lib.write(self.dir, evals, order, extra={
         "config": json.loads(self.full_config.to_json_best_effort()),
-        "policy_modes": evaluation.eval_modes(self.c)})
-    results_lib.draw(self.dir, doc, results_lib.read_curves(self.dir))
+        "policy_modes": evaluation.eval_modes(self.c),
+        "critic_training": results_lib.critic_training(curves)})
+    results_lib.draw(self.dir, doc, curves)
     if self.c.pipeline.export:
       from act_jax.hf import save_pretrained
       for v in order:

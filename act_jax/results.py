@@ -25,11 +25,14 @@ from act_jax import stats, storage
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
-           "judgment_forced_accuracy", "judgment_format_error_rate", "first_letter_rate",
+           "judgment_forced_accuracy", "judgment_forced_accuracy_A",
+           "judgment_forced_accuracy_B", "judgment_format_error_rate", "first_letter_rate",
            "unparsed_action_rate", "truncated_action_rate")
 SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
          "judgment_accuracy": "judgment acc (greedy)",
          "judgment_forced_accuracy": "judgment acc (forced choice)",
+         "judgment_forced_accuracy_A": "forced choice, expert shown as A",
+         "judgment_forced_accuracy_B": "forced choice, expert shown as B",
          "judgment_format_error_rate": "judgment format errors (greedy)",
          "first_letter_rate": "first-letter rate",
          "unparsed_action_rate": "unparsed actions (generate)",
@@ -59,6 +62,41 @@ DELTAS = (("il_w_act", "il", ACTION),
           ("ee_sr", "il", ("success_rate", "next_action_accuracy")),
           ("il_w_act", "ee_iwm", ("success_rate", "next_action_accuracy")),
           ("il_w_act", "ee_sr", ("success_rate", "next_action_accuracy")))
+
+
+# A critic stage at the end of its training, from its metric rows: its letter bias (one
+# step's batch is small, so the mean over the last CRITIC_TAIL logged steps) and its
+# last validation evaluation (`stages.<stage>.eval_every`).
+CRITIC_TAIL = 16
+CRITIC_VALIDATION = ("val_judgment_forced_accuracy", "val_judgment_forced_accuracy_A",
+                     "val_judgment_forced_accuracy_B", "val_first_letter_rate")
+
+
+def critic_training(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+  """{stage: {metric: {"mean", "ci95", "per_seed", "seeds"}}} over the seeds' runs
+  ("s0/act", "s1/act", ...) of every stage that logged `first_letter_rate`."""
+  by_stage: dict[str, dict[str, dict[str, float]]] = {}
+  for run, rows in curves.items():
+    seed, _, stage = run.partition("/")
+    letters = [r["first_letter_rate"] for r in rows if "first_letter_rate" in r]
+    if not stage or not letters:
+      continue
+    end = {"first_letter_rate": float(np.mean(letters[-CRITIC_TAIL:]))}
+    evals = [r for r in rows if CRITIC_VALIDATION[0] in r]
+    if evals:
+      end.update({k: evals[-1][k] for k in CRITIC_VALIDATION if k in evals[-1]},
+                 validation_step=evals[-1]["step"])
+    by_stage.setdefault(stage, {})[seed] = end
+  out: dict[str, Any] = {}
+  for stage, seeds in sorted(by_stage.items()):
+    names = sorted({k for end in seeds.values() for k in end})
+    for metric in names:
+      have = sorted(s for s in seeds if metric in seeds[s])
+      vals = [seeds[s][metric] for s in have]
+      m, lo, hi = stats.mean_ci(vals)
+      out.setdefault(stage, {})[metric] = {"mean": m, "ci95": [lo, hi], "per_seed": vals,
+                                           "seeds": have}
+  return out
 
 
 def aggregate(per_seed: Mapping[str, Mapping[Any, Mapping[str, Mapping[str, Any]]]]
@@ -188,6 +226,16 @@ def deltas_markdown(paired: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def critic_markdown(critics: Mapping[str, Any]) -> str:
+  cols = ("first_letter_rate",) + CRITIC_VALIDATION
+  lines = ["| stage | " + " | ".join(c.replace("val_", "validation ").replace("_", " ")
+                                       for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+  for stage, ms in critics.items():
+    cells = [_cell(ms[c]["mean"], ms[c]["ci95"]) if c in ms else "—" for c in cols]
+    lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def write(workdir: str, per_seed: Mapping[str, Any], order: Sequence[str],
           extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   variants = aggregate(per_seed)
@@ -210,6 +258,11 @@ def write_markdown(path: str, doc: Mapping[str, Any]) -> None:
               "against θ0, evaluated once, paired per episode, state or pair with a "
               "bootstrap over seeds and episodes)\n\n")
       f.write(deltas_markdown(doc["deltas"]))
+    if doc.get("critic_training"):
+      f.write(f"\n## Critic stages at the end of training (mean over seeds, 95% t-interval; "
+              f"in-batch first-letter rate over the last {CRITIC_TAIL} steps, then the last "
+              f"validation evaluation)\n\n")
+      f.write(critic_markdown(doc["critic_training"]))
 
 
 def draw(out: str, doc: Mapping[str, Any],
@@ -255,6 +308,8 @@ def replot(src: str, out: str | None = None) -> list[str]:
     if key not in doc:
       raise ValueError(f"{path}: no {key!r} object")
   curves = read_curves(src)
+  if critic_training(curves):  # derived from the stages' rows, so redrawn with them
+    doc["critic_training"] = critic_training(curves)
   storage.makedirs(out)
   write_markdown(os.path.join(out, "results.md"), doc)
   written = ["results.md", *draw(out, doc, curves)]
@@ -262,7 +317,8 @@ def replot(src: str, out: str | None = None) -> list[str]:
     storage.write_json(os.path.join(out, "results.json"), doc, indent=2)
     written.append("results.json")
     if curves:  # only what the figure draws, so `out` redraws alone
-      keys = {"step", *(k for _, ks, _, _ in figures.CURVE_PANELS for k in ks)}
+      keys = {"step", "first_letter_rate", *CRITIC_VALIDATION,
+              *(k for _, ks, _, _ in figures.CURVE_PANELS for k in ks)}
       slim = {run: [{k: v for k, v in r.items() if k in keys} for r in rows]
               for run, rows in curves.items()}
       storage.write_text(os.path.join(out, "curves.json"),

@@ -144,3 +144,44 @@ def test_tables_show_a_dash_for_a_judgment_never_given(tmp_path):
 def test_replot_names_a_missing_results_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="results.json"):
     results.replot(str(tmp_path))
+
+
+def test_results_keep_each_critic_stage_at_the_end_of_its_training(tmp_path):
+  """The letter bias over a critic's last steps and its last validation evaluation, per
+  stage over seeds, from the stages' own rows; a published copy redraws the same."""
+  run, _ = _run_dir(tmp_path)
+  rng = np.random.default_rng(0)
+  letters, val = {}, {}
+  for seed in (0, 1, 2):
+    rows = []
+    for step in range(1, 41):
+      r = {"step": step, "loss": -1.0, "first_letter_rate": float(rng.uniform())}
+      if step % 16 == 0:  # the last one (step 32) is the end state's
+        r.update(val_judgment_forced_accuracy=0.7 + 0.05 * seed + step / 1000,
+                 val_judgment_forced_accuracy_A=0.8, val_judgment_forced_accuracy_B=0.6,
+                 val_first_letter_rate=0.5)
+      rows.append(r)
+    letters[seed] = np.mean([r["first_letter_rate"] for r in rows[-16:]])
+    val[seed] = 0.7 + 0.05 * seed + 0.032
+    (run / f"s{seed}" / "act_blind").mkdir(parents=True)
+    (run / f"s{seed}" / "act_blind" / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "published"
+  results.replot(str(run), str(out))
+  doc = json.loads((out / "results.json").read_text())
+  assert set(doc["critic_training"]) == {"act_blind"}  # s0/act logged no letters
+  got = doc["critic_training"]["act_blind"]
+  want = [letters[s] for s in (0, 1, 2)]
+  np.testing.assert_allclose(got["first_letter_rate"]["per_seed"], want)
+  half = 4.302653 * np.std(want, ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+  np.testing.assert_allclose(got["first_letter_rate"]["ci95"],
+                             [np.mean(want) - half, np.mean(want) + half], rtol=1e-5)
+  np.testing.assert_allclose(got["val_judgment_forced_accuracy"]["per_seed"],
+                             [val[s] for s in (0, 1, 2)])
+  assert got["validation_step"]["per_seed"] == [32, 32, 32]
+  md = (out / "results.md").read_text()
+  assert "## Critic stages at the end of training" in md
+  assert f"| act_blind | {100 * np.mean(want):.1f} [" in md
+  results.replot(str(out), str(tmp_path / "again"))  # from the copy's curves.json alone
+  again = json.loads((tmp_path / "again" / "results.json").read_text())
+  assert again["critic_training"] == doc["critic_training"]
