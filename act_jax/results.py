@@ -40,14 +40,17 @@ SHORT = {"success_rate": "success", "next_action_accuracy": "next-action acc",
 # Each ACT variant against the baseline it extends, on the metrics the pair is about.
 # Both runs of a pair share the seed (data order), so their per-seed difference is paired.
 ACTION = ("success_rate", "next_action_accuracy")
-DELTAS = (("il_w_act", "il", ACTION),
+# Does a critic stage before IL leave its judgment in the policy? (forced choice: a
+# policy that writes actions gives no greedy answer)
+ACTION_JUDGMENT = ACTION + ("judgment_forced_accuracy",)
+DELTAS = (("il_w_act", "il", ACTION_JUDGMENT),
           ("rl_w_act", "rl", ACTION),
           # The controls: critic training without its signal, then IL or RL
           # (pipeline.CHAINS). Against the replay-only control the critic stage's replay
           # cancels, so what is left is the judgment signal's.
           ("il_w_act", "il_w_replay", ACTION),
-          ("il_w_act", "act_shuffled", ACTION),
-          ("il_w_act", "act_blind", ACTION),
+          ("il_w_act", "act_shuffled", ACTION_JUDGMENT),
+          ("il_w_act", "act_blind", ACTION_JUDGMENT),
           ("il_w_replay", "il", ACTION),
           ("act_shuffled", "il", ACTION),
           ("act_blind", "il", ACTION),
