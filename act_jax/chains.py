@@ -107,6 +107,10 @@ def variants(c: ml_collections.ConfigDict) -> list[str]:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Every config check a pipeline run makes before it writes anything."""
   config_lib.validate(c), variants(c), evaluation.eval_modes(c)
+  if c.eval.get("cached") and c.eval.get("episodes_per_game"):
+    raise ValueError("config.eval.episodes_per_game: a cached evaluation (config.eval.cached) "
+                     "scores held-out states and critic pairs, not episodes; set it to 0, or "
+                     "config.eval.cached=None to play the episodes with the full model")
   for field in ("model_dir", "trajectories"):
     if field in c.pipeline and c.pipeline[field] is None:
       raise ValueError(f"config.pipeline.{field}: required by this config; pass "

@@ -139,3 +139,16 @@ def test_a_stage_field_set_to_none_keeps_the_global_value():
   assert s.optim.lr == c.optim.lr and s.train.steps == c.train.steps
   fresh = _config("embedded")
   assert pipeline.stage_config(fresh, "il", 0).optim.lr == fresh.stages.il.lr != c.optim.lr
+
+
+def test_a_cached_evaluation_refuses_episodes_it_would_not_play():
+  """The cached evaluation scores states and pairs only: episodes asked of it are an
+  error naming the field, not a results file without them."""
+  c = _config("smollm2_twx", "cpu")
+  c.pipeline.model_dir = ""  # the model is not needed to check the eval fields
+  pipeline.validate(c)  # as committed: no episodes
+  c.eval.episodes_per_game = 10
+  with pytest.raises(ValueError, match=r"config\.eval\.episodes_per_game.*config\.eval\.cached"):
+    pipeline.validate(c)
+  c.eval.cached = None
+  pipeline.validate(c)

@@ -16,7 +16,8 @@ model in every seed). With one seed the interval is the bootstrap over episodes.
 
 All critics are scored with the act stage's trainable depth (its frozen prefix's cache),
 which must be at least the depth any of them was trained at. --out DIR gets critics.json,
-critics.png (each critic's accuracy per split) and critic_deltas.png (the paired deltas).
+critics.png (each critic's accuracy per split) and critic_deltas.png (the paired deltas),
+and keeps every score in DIR/scores/ (a rerun scores only critics or seeds not scored yet).
 """
 import json
 import os
@@ -69,9 +70,9 @@ def main(argv: Sequence[str]) -> None:
   runs = {}  # {split: {critic: {seed or None: score}}}
   for name, stage_dir in critics.items():
     for seed in ([int(s) for s in f.seeds] if "{seed}" in stage_dir else [None]):
-      params = p.params_of(stage_dir.format(seed=seed))
+      scored = Scored(p, stage_dir.format(seed=seed), f.out, name, seed)
       for split, score in scorers.items():
-        r = runs.setdefault(split, {}).setdefault(name, {})[seed] = score(params)
+        r = runs.setdefault(split, {}).setdefault(name, {})[seed] = scored(split, score)
         print(f"{split:15s} {name:10s} {'' if seed is None else f's{seed}':3s} {100 * r[METRIC]:5.1f} "
               f"[A {100 * r[METRIC + '_A']:5.1f} / B {100 * r[METRIC + '_B']:5.1f}] "
               f"first-letter {r['first_letter_rate']:.2f}", flush=True)
@@ -90,6 +91,30 @@ def main(argv: Sequence[str]) -> None:
               f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]", flush=True)
   if f.out:
     write(f.out, report, list(critics))
+
+
+class Scored:
+  """One critic's scores, each kept in `out/scores/` with the id of the stage run it
+  scored (its done.json), so a rerun with more seeds or critics scores only what is new,
+  and a retrained stage is scored again."""
+
+  def __init__(self, p: Pipeline, stage_dir: str, out: str | None, name: str,
+               seed: int | None):
+    self.p, self.dir, self.params = p, stage_dir, None
+    self.id = storage.read_json(os.path.join(stage_dir, "done.json"))["id"]
+    self.prefix = out and os.path.join(out, "scores", name + ("" if seed is None else f"-s{seed}"))
+
+  def __call__(self, split: str, score) -> dict:
+    path = self.prefix and f"{self.prefix}-{split}.json"
+    if path and storage.exists(path) and storage.read_json(path)["stage_id"] == self.id:
+      return storage.read_json(path)["score"]
+    if self.params is None:
+      self.params = self.p.params_of(self.dir)
+    r = score(self.params)
+    if path:
+      storage.makedirs(os.path.dirname(path))
+      storage.write_json(path, {"stage_id": self.id, "stage_dir": self.dir, "score": r})
+    return r
 
 
 def summary(by_seed: dict) -> dict:
