@@ -97,6 +97,8 @@ def critic_training(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
       have = sorted(s for s in seeds if metric in seeds[s])
       vals = [seeds[s][metric] for s in have]
       m, lo, hi = stats.mean_ci(vals)
+      if metric != "validation_step":  # rates: t-tails leave [0, 1]
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
       out.setdefault(stage, {})[metric] = {"mean": m, "ci95": [lo, hi], "per_seed": vals,
                                            "seeds": have}
   return out
