@@ -136,18 +136,20 @@ class Pipeline:
     st["trajectories"] = run_step(
         "trajectories", self.path("trajectories"), {},
         lambda d: data_steps.make_trajectories(c, d), lambda r: json.dumps(r),
-        config=[c.env.to_dict(), c.pipeline.get("trajectories", "")], staged=True)
+        config=[c.env.to_dict(), c.pipeline.get("trajectories", "")], staged=True,
+        reproducible=True)
     st["tokenizer"] = run_step(
         "tokenizer", self.path("tokenizer"), {"trajectories": st["trajectories"]},
         lambda d: data_steps.make_tokenizer(c, d, self.local("trajectories")),
-        config=[c.tokenizer.to_dict(), c.pipeline.model_dir], staged=True)
+        config=[c.tokenizer.to_dict(), c.pipeline.model_dir], staged=True, reproducible=True)
     st["datasets"] = run_step(
         "datasets", self.path("datasets"),
         {"trajectories": st["trajectories"], "tokenizer": st["tokenizer"]},
         lambda d: data_steps.make_datasets(c, d, self.local("trajectories"),
                                            self.local("tokenizer")),
         lambda s: s, config=[c.data.to_dict(), c.prompts.to_dict(), c.seed,
-                             c.pipeline.model_dir, builders.VERSION], staged=True)
+                             c.pipeline.model_dir, builders.VERSION], staged=True,
+        reproducible=True)
     if set(variants(c)) & {v for v in VARIANTS if set(CHAINS[v]) & set(EARLY_EXPERIENCE)}:
       st["branches"] = run_step(
           "branches", self.path("branches"),
@@ -166,7 +168,8 @@ class Pipeline:
                   c.prompts.to_dict(), c.data.max_state_tokens], staged=True)
     st["base"] = run_step(
         "base", self.path("base"), base_deps, self.train_base,
-        config=stage_fingerprint(c, "base", c.seed))
+        config=stage_fingerprint(c, "base", c.seed),
+        reproducible=bool(c.pipeline.model_dir))  # imported; a warm-up trains
     evals: dict[str, dict[int, Any]] = {v: {} for v in variants(c)}
     first = c.pipeline.get("first_seed", 0)  # a later slice of the seeds (another process)
     for seed in range(first, first + c.pipeline.seeds):

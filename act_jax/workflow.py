@@ -1,7 +1,12 @@
 """Resumable pipeline steps: each step's output directory records what it was built from.
 
 A step writes `DIR/done.json` = {"id": <fresh id>, "deps": {dep name: dep id, "config":
-fingerprint}, "config": the settings themselves} when it finishes. On a rerun a step is
+fingerprint}, "config": the settings themselves} when it finishes. A *reproducible* step
+(data built from seeded games, an imported checkpoint: a pure function of its inputs)
+takes the fingerprint of its inputs as its id instead, so that, rebuilt on another
+machine, it is the same step: a run directory restored from its small files (every
+`done.json` and result, without the large ones) rebuilds its data and keeps every
+finished stage built on them. On a rerun a step is
 skipped when its `done.json` names the same inputs. A step interrupted half-way resumes
 in place (training stages continue from their last checkpoint) unless its inputs
 changed since it started, in which case its unfinished directory is cleared first.
@@ -83,7 +88,8 @@ def changed_fields(old: Any, new: Any) -> list[str]:
 
 def run_step(name: str, directory: str, deps: Mapping[str, Step],
              fn: Callable[[str], Any], summary: Callable[[Any], str] | None = None,
-             config: Any = None, redo: Collection[str] = (), staged: bool = False) -> Step:
+             config: Any = None, redo: Collection[str] = (), staged: bool = False,
+             reproducible: bool = False) -> Step:
   """Runs `fn(directory)` unless a result built from the same inputs is already there.
 
   `config`: the settings the step reads; changing them redoes the step (and, through
@@ -91,6 +97,8 @@ def run_step(name: str, directory: str, deps: Mapping[str, Step],
   StaleStepError.
   `staged`: `fn` writes a local directory, uploaded once complete (a bucket workdir;
   for steps whose writers need OS files).
+  `reproducible`: `fn`'s output is a pure function of `deps` and `config`; the step's
+  id is their fingerprint, not a fresh one (see the module docstring).
   """
   step = Step(name, directory)
   config = json.loads(json.dumps(config, default=str))  # as done.json will hold it
@@ -121,7 +129,8 @@ def run_step(name: str, directory: str, deps: Mapping[str, Step],
   else:
     out = fn(directory)
   seconds = time.time() - t0
-  storage.write_json(step.done_path, {"id": uuid.uuid4().hex, "deps": want, "config": config,
+  sid = fingerprint(name, want) if reproducible else uuid.uuid4().hex
+  storage.write_json(step.done_path, {"id": sid, "deps": want, "config": config,
                                       "seconds": seconds})
   line = summary(out) if summary else ""
   print(f"[{name}] done in {seconds:.1f}s {line}".rstrip(), flush=True)

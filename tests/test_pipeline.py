@@ -104,6 +104,24 @@ def test_rerun_retrains_nothing_and_deleting_a_stage_redoes_its_dependents(finis
                     "s0/eval_rl_w_act"}
 
 
+def test_a_run_restored_from_its_small_files_rebuilds_its_data_and_redoes_nothing(
+    finished_run, tmp_path):
+  """Another machine, the run directory copied without its data or any checkpoint: the
+  data steps are rebuilt as the same steps (their ids are their inputs' fingerprint),
+  so no finished stage or evaluation is redone."""
+  from act_jax.pipeline import Pipeline
+  workdir = str(tmp_path / "restored")
+  big = lambda d, names: [n for n in names if n in ("checkpoints", "params", "export")]
+  shutil.copytree(finished_run[0], workdir, ignore=big)
+  before = _step_ids(workdir)
+  for step in ("trajectories", "tokenizer", "datasets"):
+    shutil.rmtree(os.path.join(workdir, step))
+  c = micro_config()
+  c.pipeline.export = False
+  Pipeline(c, workdir).run()
+  assert _step_ids(workdir) == before
+
+
 def test_more_seeds_or_a_seed_slice_train_only_the_new_seeds_and_evaluate_theta0_once(finished_run, tmp_path):
   from act_jax.pipeline import Pipeline
   workdir = str(tmp_path / "copy")
