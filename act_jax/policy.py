@@ -23,7 +23,7 @@ import numpy as np
 
 from act_jax import parsing
 from act_jax.data import examples, prompts as prompts_lib
-from act_jax.data.states import trajectory_states
+from act_jax.data.states import current_state
 from act_jax.envs.rollout import PolicyInput
 from act_jax.sampling import SamplingConfig, Sampler
 
@@ -58,8 +58,7 @@ class ModelPolicy:
     """The state as training rendered it; `instruction` stands in where x has none."""
     traj = x.to_trajectory(self.instruction)
     traj.steps[-1].action = "?"  # the current step's action is what we are choosing
-    states = trajectory_states(traj, "policy", self.tok, self.cfg, self.max_state_tokens)
-    return states[-1].text
+    return current_state(traj, "policy", self.tok, self.cfg, self.max_state_tokens).text
 
   def prompt_ids(self, inputs: Sequence[PolicyInput]) -> list[list[int]]:
     texts = [prompts_lib.action_prompt(self.tok, self.state_text(x), self.cfg) for x in inputs]

@@ -235,6 +235,20 @@ def test_state_text_without_budget(tok):
   assert s[0].num_tokens == len(tok(s[0].text, add_special_tokens=False)["input_ids"])
 
 
+def test_current_state_is_the_last_of_all_states_rendered_alone(tok):
+  """What a policy is shown: the last step's state, truncated as when every state is
+  rendered (the reference), for every prefix of an episode and a tight budget."""
+  alf = importers.load_trajectories(CONVERSATIONS)[0]
+  budget = states_lib.trajectory_states(alf, "a", tok, CFG)[2].num_tokens + 5
+  for t in range(1, len(alf.steps) + 1):
+    prefix = Trajectory(task=alf.task, instruction=alf.instruction, steps=alf.steps[:t])
+    assert (states_lib.current_state(prefix, "a", tok, CFG, budget)
+            == states_lib.trajectory_states(prefix, "a", tok, CFG, budget)[-1])
+  unset = Trajectory(task="x", instruction="", steps=[Step("o0", "a0"), Step("o1", " ")])
+  with pytest.raises(ValueError, match="u: the current step.s action must be set"):
+    states_lib.current_state(unset, "u", tok, CFG)
+
+
 def test_truncation_keeps_instruction_task_and_most_recent_turns(tok):
   alf = importers.load_trajectories(CONVERSATIONS)[0]
   full = states_lib.trajectory_states(alf, "a", tok, CFG)

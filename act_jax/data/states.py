@@ -54,8 +54,9 @@ def trajectory_states(traj: Trajectory, traj_id: str, tokenizer: Any,
                       cfg: prompts.PromptConfig,
                       max_state_tokens: int | None = None,
                       drops: DropLog | None = None,
-                      notes: DropLog | None = None) -> list[State]:
-  """All states of one trajectory.
+                      notes: DropLog | None = None,
+                      steps: Sequence[int] | None = None) -> list[State]:
+  """All states of one trajectory (`steps`: only those steps').
 
   Token counts per segment choose how many turns fit; the rendered state is then
   counted exactly and shortened further if BPE merges across segments added any.
@@ -72,8 +73,8 @@ def trajectory_states(traj: Trajectory, traj_id: str, tokenizer: Any,
     head_n, marker_n = counts[:2]
     turn_ns, current_ns = counts[2:2 + len(turns)], counts[2 + len(turns):]
   states = []
-  for t, step in enumerate(traj.steps):
-    where = f"{traj_id}/{t}"
+  for t in range(len(traj.steps)) if steps is None else steps:
+    step, where = traj.steps[t], f"{traj_id}/{t}"
     if not step.action.strip():
       drops.drop("state/empty_expert_action", where)
       continue
@@ -95,6 +96,18 @@ def trajectory_states(traj: Trajectory, traj_id: str, tokenizer: Any,
         admissible=tuple(step.admissible) if step.admissible is not None else None,
         step=t, omitted_turns=t - k, num_tokens=n))
   return states
+
+
+def current_state(traj: Trajectory, traj_id: str, tokenizer: Any, cfg: prompts.PromptConfig,
+                  max_state_tokens: int | None = None) -> State:
+  """The state of a trajectory's last step, whose action is being chosen (it must be
+  set): what a policy is shown. Only that state is rendered and counted; rendering
+  every earlier one too made a policy's prompts quadratic in the episode's length."""
+  if not traj.steps[-1].action.strip():
+    raise ValueError(f"{traj_id}: the current step's action must be set (any placeholder)")
+  (state,) = trajectory_states(traj, traj_id, tokenizer, cfg, max_state_tokens,
+                               steps=[len(traj.steps) - 1])
+  return state
 
 
 def trajectory_ids(trajectories: Sequence[Trajectory]) -> list[str]:

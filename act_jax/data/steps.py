@@ -25,7 +25,7 @@ from act_jax.data import alternatives as alt_lib, branches as branches_lib
 from act_jax.data import build as build_lib, builders, examples
 from act_jax.data import prompts as prompts_lib
 from act_jax.data.report import DropLog
-from act_jax.data.states import trajectory_ids, trajectory_states
+from act_jax.data.states import current_state, trajectory_ids
 from act_jax.data.trajectory import read_jsonl, write_jsonl
 from act_jax.envs import expert as expert_lib, rollout
 from act_jax.envs.splits import data_splits, env_splits, make_pool
@@ -173,7 +173,7 @@ def random_play_records(c: ml_collections.ConfigDict, tok: Any) -> list[dict[str
   for i, (x, a) in enumerate(random_rollouts(c, c.stages.base.rollouts_per_game)):
     traj = x.to_trajectory()
     traj.steps[-1].action = a
-    states.append(trajectory_states(traj, f"random/{i}", tok, pcfg, c.data.max_state_tokens)[-1])
+    states.append(current_state(traj, f"random/{i}", tok, pcfg, c.data.max_state_tokens))
   recs = [{"kind": "action", "state_id": r["state_id"], "input_ids": r["input_ids"],
            "loss_mask": r["loss_mask"]} for _, r in examples.imitation_records(states, tok, pcfg)]
   alts = []
