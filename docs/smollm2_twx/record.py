@@ -36,11 +36,10 @@ def closed_steps(workdir: str, names: Sequence[str], seeds: Sequence[int]) -> li
   for seed in seeds:
     evals = {v: f"s{seed}/eval_{v}" for v in names if CHAINS[v] or seed == 0}
     closed += [e for e in evals.values() if done(e)]
-    stages = {chain_key(seed, CHAINS[v][:i + 1]) for v in evals for i in range(len(CHAINS[v]))}
-    for key in sorted(stages):
-      users = [v for v in evals
-               if key in {chain_key(seed, CHAINS[v][:i + 1]) for i in range(len(CHAINS[v]))}]
-      if done(key) and all(done(evals[v]) for v in users):
+    uses = {v: {chain_key(seed, CHAINS[v][:i + 1]) for i in range(len(CHAINS[v]))}
+            for v in evals}
+    for key in sorted(set().union(*uses.values())):
+      if done(key) and all(done(evals[v]) for v in evals if key in uses[v]):
         closed.append(key)
   return sorted(closed)
 
