@@ -287,14 +287,17 @@ def draw(out: str, doc: Mapping[str, Any],
 
 
 def read_curves(workdir: str) -> dict[str, list[dict[str, Any]]]:
-  """{run: metric rows}: every stage's metrics.jsonl under `workdir` (run = its path
-  relative to it, e.g. "s0/il"), or, where there are none, `workdir/curves.json`."""
+  """{run: metric rows}: the metrics.jsonl of every finished stage under `workdir` (run
+  = its path relative to it, e.g. "s0/il"), or, where there are none,
+  `workdir/curves.json`. A stage without its done.json is still running (or was cut
+  off): its last rows are not the end of its training, so it is left out."""
   from act_jax import metrics  # lazy: jax
   curves = {}
   root = storage.path(workdir)  # stage dirs: "base", "s0/il" (no recursive glob on GCS)
   found = [*root.glob("*/metrics.jsonl"), *root.glob("*/*/metrics.jsonl")]
   for f in sorted(found, key=str):
-    curves[os.path.relpath(str(f.parent), str(workdir))] = metrics.read_jsonl(str(f))
+    if storage.exists(os.path.join(str(f.parent), "done.json")):
+      curves[os.path.relpath(str(f.parent), str(workdir))] = metrics.read_jsonl(str(f))
   saved = os.path.join(workdir, "curves.json")
   if not curves and storage.exists(saved):
     curves = storage.read_json(saved)

@@ -59,6 +59,7 @@ def _run_dir(tmp_path):
   for name, rs in rows.items():
     (run / name).mkdir(parents=True)
     (run / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    (run / name / "done.json").write_text("{}")
   return run, doc
 
 
@@ -166,10 +167,15 @@ def test_results_keep_each_critic_stage_at_the_end_of_its_training(tmp_path):
     (run / f"s{seed}" / "act_blind").mkdir(parents=True)
     (run / f"s{seed}" / "act_blind" / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows))
+    (run / f"s{seed}" / "act_blind" / "done.json").write_text("{}")
+  # A critic stage still running (no done.json) is not at the end of its training.
+  (run / "s0" / "act_shuffled").mkdir()
+  (run / "s0" / "act_shuffled" / "metrics.jsonl").write_text(
+      json.dumps({"step": 1, "first_letter_rate": 0.9}) + "\n")
   out = tmp_path / "published"
   results.replot(str(run), str(out))
   doc = json.loads((out / "results.json").read_text())
-  assert set(doc["critic_training"]) == {"act_blind"}  # s0/act logged no letters
+  assert set(doc["critic_training"]) == {"act_blind"}  # s0/act: no letters; act_shuffled: running
   got = doc["critic_training"]["act_blind"]
   want = [letters[s] for s in (0, 1, 2)]
   np.testing.assert_allclose(got["first_letter_rate"]["per_seed"], want)
