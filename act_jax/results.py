@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from act_jax import stats, storage
+from act_jax import stats, storage, workflow
 
 # The metrics reported per split, and where they sit in an evaluation dict.
 METRICS = ("success_rate", "next_action_accuracy", "judgment_accuracy",
@@ -296,8 +296,9 @@ def read_curves(workdir: str) -> dict[str, list[dict[str, Any]]]:
   root = storage.path(workdir)  # stage dirs: "base", "s0/il" (no recursive glob on GCS)
   found = [*root.glob("*/metrics.jsonl"), *root.glob("*/*/metrics.jsonl")]
   for f in sorted(found, key=str):
-    if storage.exists(os.path.join(str(f.parent), "done.json")):
-      curves[os.path.relpath(str(f.parent), str(workdir))] = metrics.read_jsonl(str(f))
+    run = os.path.relpath(str(f.parent), str(workdir))
+    if storage.exists(workflow.Step(run, str(f.parent)).done_path):
+      curves[run] = metrics.read_jsonl(str(f))
   saved = os.path.join(workdir, "curves.json")
   if not curves and storage.exists(saved):
     curves = storage.read_json(saved)

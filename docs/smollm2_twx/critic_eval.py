@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from act_jax import config_lib, evaluation, figures, stats, storage
+from act_jax import config_lib, evaluation, figures, stats, storage, workflow
 from act_jax.chains import stage_config
 from act_jax.data import builders
 from act_jax.pipeline import Pipeline
@@ -101,7 +101,7 @@ class Scored:
   def __init__(self, p: Pipeline, stage_dir: str, out: str | None, name: str,
                seed: int | None):
     self.p, self.dir, self.params = p, stage_dir, None
-    self.id = storage.read_json(os.path.join(stage_dir, "done.json"))["id"]
+    self.id = workflow.Step(name, stage_dir).id
     self.prefix = out and os.path.join(out, "scores", name + ("" if seed is None else f"-s{seed}"))
 
   def __call__(self, split: str, score) -> dict:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from absl import app, flags
 
-from act_jax import config_lib, storage
+from act_jax import config_lib, storage, workflow
 from act_jax.chains import CHAINS, chain_key, variants
 
 flags.DEFINE_string("out", None, "the record directory", required=True)
@@ -31,7 +31,7 @@ FILES = ("done.json", "metrics.jsonl", "eval.json")
 def closed_steps(workdir: str, names: Sequence[str], seeds: Sequence[int]) -> list[str]:
   """Every finished evaluation, and every finished stage all of whose variants'
   evaluations finished (θ0's is seed 0's only)."""
-  done = lambda key: storage.exists(os.path.join(workdir, key, "done.json"))
+  done = lambda key: storage.exists(workflow.Step(key, os.path.join(workdir, key)).done_path)
   closed = []
   for seed in seeds:
     evals = {v: f"s{seed}/eval_{v}" for v in names if CHAINS[v] or seed == 0}
